@@ -1,0 +1,2 @@
+//! (in progress)
+pub const TAG_LEN: usize = 32;
