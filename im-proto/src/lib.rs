@@ -11,6 +11,7 @@
 //!   fingerprints), so the rest of the crate names operations, not crate APIs.
 //! - [`keys`]: the key schedule: traffic secrets, per-direction keys, the ratchet, the exporter.
 //! - [`record`]: sealing and opening encrypted records for one direction.
+//! - [`hostkey`]: RSA host and user keys: PEM, fingerprints, PSS signatures.
 //! - [`handshake`]: the client and server handshake state machines (full and resumption).
 //! - [`session`]: an established connection: both record directions plus Close handling.
 //! - [`msg`]: the message catalogue carried inside records, and the error codes.
@@ -19,6 +20,7 @@
 pub mod crypto;
 pub mod frame;
 pub mod handshake;
+pub mod hostkey;
 pub mod keys;
 pub mod limits;
 pub mod msg;

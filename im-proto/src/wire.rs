@@ -191,7 +191,8 @@ mod tests {
         assert!(r.bool("b").is_err());
         let mut r = Reader::new(&[0xff, 0xff, 0]);
         assert!(matches!(r.count("n", 100_000, 1), Err(WireError::TooLong { .. })));
-        let mut r = Reader::new(&u64::MAX.to_be_bytes());
+        let max = u64::MAX.to_be_bytes();
+        let mut r = Reader::new(&max);
         assert!(r.id("id").is_err());
     }
 }
