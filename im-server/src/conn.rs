@@ -1,0 +1,203 @@
+//! One connection's bytes: reading frames with a buffer that is released while idle, writing
+//! coalesced records, and the server side of the handshake.
+//!
+//! Memory is what limits idle connections, so an idle connection holds no read or write
+//! buffer: reads wait for readiness first and only then reserve space, and both buffers are
+//! dropped once drained.
+
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use im_proto::frame::{Frame, FrameDecoder, FrameError};
+use im_proto::handshake::{HandshakeError, Reject, ServerEstablished, ServerHandshake, ServerInputs};
+use im_proto::msg::ErrorCode;
+use im_proto::session::{Incoming, Session, SessionError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::state::{Shared, now_ms};
+use crate::store::accounts::TicketRecord;
+
+/// Read chunk reserved when data is ready.
+const READ_CHUNK: usize = 4096;
+/// A write buffer grown past this by a burst is freed rather than kept.
+const KEEP_WRITE_BUFFER: usize = 16 * 1024;
+
+/// A byte stream the server can serve: TCP in production, an in-memory pipe in tests and
+/// fuzzing.
+pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Waits until a read would not block. Streams without readiness return at once and
+    /// the read itself waits (holding its buffer, which only tests do).
+    fn ready(&self) -> impl Future<Output = io::Result<()>> + Send {
+        async { Ok(()) }
+    }
+}
+
+impl ByteStream for tokio::net::TcpStream {
+    fn ready(&self) -> impl Future<Output = io::Result<()>> + Send {
+        self.readable()
+    }
+}
+
+impl ByteStream for tokio::io::DuplexStream {}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error("connection closed by the peer")]
+    Eof,
+    #[error("connection cut in the middle of a frame")]
+    Truncated,
+    #[error("refused: {0}")]
+    Refused(&'static str),
+}
+
+/// A connection's stream and its (usually empty) buffers.
+pub struct Transport<S> {
+    pub stream: S,
+    rbuf: BytesMut,
+    pub wbuf: Vec<u8>,
+}
+
+impl<S: ByteStream> Transport<S> {
+    pub fn new(stream: S) -> Self {
+        Transport { stream, rbuf: BytesMut::new(), wbuf: Vec::new() }
+    }
+
+    /// Reads more bytes; `Eof` when the peer closed.
+    async fn fill(&mut self) -> Result<(), ConnError> {
+        self.stream.ready().await?;
+        self.rbuf.reserve(READ_CHUNK);
+        if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+            return Err(if self.rbuf.is_empty() { ConnError::Eof } else { ConnError::Truncated });
+        }
+        Ok(())
+    }
+
+    fn release_read(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            self.rbuf = BytesMut::new();
+        }
+    }
+
+    /// The next plaintext handshake frame.
+    pub async fn frame(&mut self, decoder: &mut FrameDecoder) -> Result<Frame, ConnError> {
+        loop {
+            if let Some(f) = decoder.decode(&mut self.rbuf)? {
+                self.release_read();
+                return Ok(f);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// The next opened record, if one is already buffered (no waiting).
+    pub fn buffered(&mut self, session: &mut Session) -> Result<Option<Incoming>, ConnError> {
+        let r = session.read(&mut self.rbuf)?;
+        if r.is_none() {
+            self.release_read();
+        }
+        Ok(r)
+    }
+
+    /// Waits for more input. Cancel-safe up to the point data arrives, so it can sit in a
+    /// `select!` beside the push queue.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.stream.ready().await
+    }
+
+    /// Reads what is available (after [`readable`](Self::readable)); `Eof` when closed.
+    pub async fn read_more(&mut self, session: &Session) -> Result<(), ConnError> {
+        self.rbuf.reserve(READ_CHUNK);
+        if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+            return Err(if self.rbuf.is_empty() && !session.is_mid_frame() { ConnError::Eof } else { ConnError::Truncated });
+        }
+        Ok(())
+    }
+
+    /// Writes everything queued in `wbuf` in one go, then frees a buffer a burst grew.
+    pub async fn flush(&mut self) -> Result<(), ConnError> {
+        if !self.wbuf.is_empty() {
+            self.stream.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+        }
+        if self.wbuf.capacity() > KEEP_WRITE_BUFFER {
+            self.wbuf = Vec::new();
+        }
+        Ok(())
+    }
+
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+}
+
+/// What the handshake established.
+pub struct Established {
+    pub session: Session,
+    pub exporter: zeroize::Zeroizing<[u8; 32]>,
+    /// The ticket a resumption presented; `LoginTicket` logs in as its user and device.
+    pub ticket: Option<TicketRecord>,
+}
+
+/// Runs the server side of the handshake: rate limit, ticket lookup or RSA signature on the
+/// blocking pool, Finished check.
+pub async fn handshake<S: ByteStream>(t: &mut Transport<S>, shared: &Arc<Shared>, ip: IpAddr) -> Result<Established, ConnError> {
+    let mut decoder = FrameDecoder::new();
+    let frame = t.frame(&mut decoder).await?;
+    if let Err(wait) = shared.limits.handshakes_per_ip.check(&ip) {
+        reject(t, ErrorCode::RateLimited, wait.as_millis() as u32, "too many handshakes from your address").await;
+        return Err(ConnError::Refused("handshake rate limit"));
+    }
+    let hello = match ServerHandshake::read_client_hello(frame) {
+        Ok(h) => h,
+        Err(e @ (HandshakeError::NoCommonVersion(_) | HandshakeError::NoCommonSuite(_))) => {
+            reject(t, ErrorCode::Protocol, 0, &e.to_string()).await;
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut ticket = None;
+    if let Some(id) = hello.ticket_id() {
+        ticket = shared.db(move |a| a.ticket(&id, now_ms())).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ticket lookup failed; falling back to a full handshake");
+            None
+        });
+    }
+    let inputs = ServerInputs::random(&mut rand::rng());
+    let (expect, out) = match &ticket {
+        Some(tk) => hello.resume(inputs, &tk.secret),
+        None => {
+            let key = shared.host_key.clone();
+            tokio::task::spawn_blocking(move || hello.full(inputs, &key, &mut rand::rng()))
+                .await
+                .map_err(|_| ConnError::Refused("signing worker failed"))?
+        }
+    };
+    t.write_raw(&out).await?;
+    let fin = t.frame(&mut decoder).await?;
+    let ServerEstablished { session, exporter, .. } = expect.read_finished(fin)?;
+    Ok(Established { session, exporter, ticket })
+}
+
+async fn reject<S: ByteStream>(t: &mut Transport<S>, code: ErrorCode, retry_after_ms: u32, text: &str) {
+    let frame = Reject { code: code.code(), retry_after_ms, text: text.to_owned() }.to_frame();
+    let _ = t.write_raw(&frame).await;
+    let _ = t.stream.shutdown().await;
+}
+
+/// Refuses a connection before reading anything (per-address limits, shutdown).
+pub async fn refuse<S: ByteStream>(stream: S, code: ErrorCode, retry_after_ms: u32, text: &str) {
+    let mut t = Transport::new(stream);
+    reject(&mut t, code, retry_after_ms, text).await;
+}

@@ -1,0 +1,95 @@
+//! The im server: accepts connections, runs sessions, stores and routes messages.
+//!
+//! # Layout
+//! - [`config`]: the configuration file and every operational limit.
+//! - [`datadir`]: the data directory, its files and the host key.
+//! - [`store`]: durable state: the message log (fjall) and the accounts database (SQLite).
+//! - [`router`]: who is online and each connection's bounded push queue.
+//! - [`state`]: what all connections share, and the dispatcher that routes committed messages.
+//! - [`ratelimit`]: per-address, per-account and per-user limits.
+//! - [`auth`]: Argon2id passwords (off the reactor) and tickets.
+//! - [`conn`]: one connection's bytes and the server side of the handshake.
+//! - [`session`]: login, catch-up, and the request/push loop of one connection.
+//! - [`server`]: the accept loop, connection limits and graceful shutdown.
+
+pub mod auth;
+pub mod config;
+pub mod conn;
+pub mod datadir;
+pub mod ratelimit;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod state;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::datadir::{DataDir, DataDirError};
+use crate::state::Shared;
+use crate::store::accounts::{Accounts, AccountsError};
+use crate::store::messages::{MessageLog, StoreError, StoredMessage};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Accounts(#[from] AccountsError),
+    #[error(transparent)]
+    Messages(#[from] StoreError),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+}
+
+/// A server with its stores open, ready to serve.
+pub struct Server {
+    pub shared: Arc<Shared>,
+    committed: mpsc::UnboundedReceiver<StoredMessage>,
+}
+
+impl Server {
+    /// Opens (creating on first start) the data directory, host key and stores.
+    pub fn open(dir: &DataDir, config: Config) -> Result<Server, StartError> {
+        let host_key = dir.host_key()?;
+        let accounts = Accounts::open(&dir.accounts_path())?;
+        let (tx, committed) = mpsc::unbounded_channel();
+        let log = MessageLog::open_with_sink(&dir.messages_path(), tx)?;
+        let passwords = auth::Passwords::new(config.limits.password_hash_concurrency)?;
+        let shared = Arc::new(Shared {
+            limits: ratelimit::RateLimits::new(&config.limits),
+            config,
+            accounts: Arc::new(accounts),
+            log,
+            router: Arc::new(router::LocalRouter::default()),
+            host_key: Arc::new(host_key),
+            passwords,
+            shutdown: CancellationToken::new(),
+            started: Instant::now(),
+        });
+        Ok(Server { shared, committed })
+    }
+
+    pub fn fingerprint(&self) -> String {
+        self.shared.host_key.fingerprint()
+    }
+
+    /// Serves on `listener` until [`Shared::shutdown`] fires; then every session sends its
+    /// Close, pending writes finish, and the message log drains and closes.
+    pub async fn serve(self, listener: TcpListener) {
+        let max = server::connection_limit(self.shared.config.limits.max_connections, server::raise_nofile_limit());
+        let dispatcher = tokio::spawn(state::dispatch(self.shared.clone(), self.committed));
+        server::run(listener, self.shared.clone(), max).await;
+        dispatcher.abort();
+        let log = self.shared.log.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || log.close()).await.unwrap_or(Ok(())) {
+            tracing::error!(error = %e, "closing the message log failed");
+        }
+    }
+}

@@ -1,0 +1,753 @@
+//! One client session after the handshake: login, catch-up, then the loop that reads
+//! requests, writes replies and pushes, pings an idle peer and ends with a Close.
+//!
+//! Everything here runs in the connection's own task over any [`ByteStream`], so tests can
+//! drive a whole session over an in-memory pipe. Slow work never runs on the reactor: the
+//! accounts database and Argon2 go to the blocking pool, and message appends wait on the log's
+//! group-commit thread while the loop keeps serving (replies to pipelined sends come back
+//! in order through `pending`).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use im_proto::hostkey::{check_public_key, verify_rsa_pss};
+use im_proto::keys::user_auth_message;
+use im_proto::limits::{MAX_PAGE, MAX_RECORD_PLAINTEXT, MIN_PASSWORD_CHARS};
+use im_proto::msg::{
+    ChatMessage, ClientMsg, CloseReason, DeviceId, DeviceInfo, ErrorCode, MessageId, MsgError, Password, RequestId,
+    ServerMsg, Timestamp,
+};
+use im_proto::session::{Incoming, Session};
+use im_proto::{Target, UserName};
+use tokio::time::Instant;
+use zeroize::Zeroizing;
+
+use crate::auth::new_ticket;
+use crate::config::Registration;
+use crate::conn::{ByteStream, ConnError, Established, Transport, handshake};
+use crate::ratelimit::UnauthGuard;
+use crate::router::{Inbox, next_conn_id, outbox};
+use crate::state::{Shared, chat_message, now_ms};
+use crate::store::accounts::{AccountsError, UserId};
+use crate::store::messages::{Appended, Conversation, NewMessage, StoredMessage};
+
+/// Pushes taken off the queue per write: enough to coalesce a burst into one syscall,
+/// few enough that one busy connection does not starve its own reads.
+const COALESCE: usize = 256;
+/// Direct messages remembered per connection for delivery receipts.
+const RECEIPT_WINDOW: usize = 4096;
+/// Client ids remembered per connection to suppress echoes of its own sends.
+const RECENT_SENDS: usize = 256;
+/// Room left in a record for the reply's own fields when a page of messages is cut to fit.
+const PAGE_SLACK: usize = 256;
+
+/// Why a session ends: what the Close record says.
+#[derive(Debug)]
+struct End {
+    code: ErrorCode,
+    text: String,
+    /// A write was cut off mid-record: nothing more can be sent, not even a Close.
+    abort: bool,
+}
+
+impl End {
+    fn new(code: ErrorCode, text: impl Into<String>) -> Self {
+        End { code, text: text.into(), abort: false }
+    }
+}
+
+impl From<ConnError> for End {
+    fn from(e: ConnError) -> Self {
+        match e {
+            ConnError::Eof => End::new(ErrorCode::Normal, "peer closed"),
+            ConnError::Io(_) | ConnError::Truncated => End::new(ErrorCode::Normal, e.to_string()),
+            _ => End::new(ErrorCode::Protocol, e.to_string()),
+        }
+    }
+}
+
+impl From<AccountsError> for End {
+    fn from(e: AccountsError) -> Self {
+        tracing::error!(error = %e, "accounts database error");
+        End::new(ErrorCode::Internal, "internal error")
+    }
+}
+
+/// The logged-in identity of a session.
+#[derive(Debug, Clone)]
+struct Identity {
+    user: UserName,
+    uid: UserId,
+    device: DeviceId,
+}
+
+/// Serves one connection from the first byte to the Close.
+pub async fn serve<S: ByteStream>(stream: S, ip: IpAddr, shared: Arc<Shared>, unauth: UnauthGuard) {
+    let conn = next_conn_id();
+    let mut t = Transport::new(stream);
+    let deadline = Instant::now() + shared.config.limits.login_timeout();
+    let est = match tokio::time::timeout_at(deadline, handshake(&mut t, &shared, ip)).await {
+        Ok(Ok(est)) => est,
+        Ok(Err(e)) => {
+            tracing::debug!(%ip, error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%ip, "handshake timed out");
+            return;
+        }
+    };
+    let Established { mut session, exporter, ticket } = est;
+    let login = tokio::select! {
+        r = tokio::time::timeout_at(deadline, login(&mut t, &mut session, &shared, ip, &exporter, ticket)) => match r {
+            Ok(Ok(Some(id))) => id,
+            Ok(Ok(None)) => return,
+            Ok(Err(end)) => return close(&mut t, &mut session, end).await,
+            Err(_) => return close(&mut t, &mut session, End::new(ErrorCode::LoginTimeout, "log in within the time limit")).await,
+        },
+        _ = shared.shutdown.cancelled() => return close(&mut t, &mut session, End::new(ErrorCode::ShuttingDown, "server shutting down")).await,
+    };
+    drop(unauth);
+    tracing::info!(user = %login.user, device = login.device.get(), %ip, "logged in");
+    let (out, inbox) = outbox(conn, login.device, shared.config.limits.outbound_queue);
+    shared.router.attach(&login.user, out);
+    let mut s = Live::new(login, shared.clone());
+    let end = s.run(&mut t, &mut session, inbox).await;
+    shared.router.detach(&s.id.user, conn);
+    s.persist_cursor().await;
+    tracing::info!(user = %s.id.user, code = end.code.name(), reason = %end.text, "session ended");
+    close(&mut t, &mut session, end).await;
+}
+
+/// Sends Close with the reason (unless the peer is gone), flushes, and shuts the stream.
+async fn close<S: ByteStream>(t: &mut Transport<S>, session: &mut Session, end: End) {
+    if end.abort {
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut t.stream).await;
+        return;
+    }
+    if end.code == ErrorCode::Normal && end.text == "peer closed" && session.peer_closed() {
+        let mut reason = Vec::new();
+        CloseReason::new(ErrorCode::Normal, "bye").encode(&mut reason);
+        let _ = session.seal_close(&reason, &mut t.wbuf);
+    } else {
+        let mut reason = Vec::new();
+        CloseReason::new(end.code, end.text).encode(&mut reason);
+        let _ = session.seal_close(&reason, &mut t.wbuf);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = t.flush().await;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut t.stream).await;
+    })
+    .await;
+}
+
+/// Seals one message into the write buffer.
+fn queue<S>(t: &mut Transport<S>, session: &mut Session, msg: &ServerMsg) -> Result<(), End> {
+    let mut plain = Zeroizing::new(Vec::new());
+    msg.encode(&mut plain);
+    session.seal(&plain, &mut t.wbuf).map_err(|e| End::new(ErrorCode::Internal, e.to_string()))
+}
+
+/// Waits for the next client message. `Ok(None)`: the peer sent Close. A reserved kind is
+/// answered `unsupported` and skipped; anything undecodable ends the session.
+async fn next_msg<S: ByteStream>(t: &mut Transport<S>, session: &mut Session) -> Result<Option<ClientMsg>, End> {
+    loop {
+        match t.buffered(session)? {
+            Some(Incoming::Data(plain)) => {
+                let plain = Zeroizing::new(plain.to_vec());
+                match decode(&plain) {
+                    Ok(m) => return Ok(Some(m)),
+                    Err(reply) if reply.request_id().is_some() => {
+                        queue(t, session, &reply)?;
+                        t.flush().await?;
+                    }
+                    Err(reply) => return Err(protocol_end(*reply)),
+                }
+            }
+            Some(Incoming::Close(_)) => return Ok(None),
+            None => {
+                t.readable().await.map_err(ConnError::from)?;
+                t.read_more(session).await?;
+            }
+        }
+    }
+}
+
+/// Decodes a client message; a reserved kind becomes the `unsupported` reply to send.
+fn decode(plain: &[u8]) -> Result<ClientMsg, Box<ServerMsg>> {
+    match ClientMsg::decode(plain) {
+        Ok(m) => Ok(m),
+        Err(e @ MsgError::Reserved(_)) => Err(Box::new(ServerMsg::error(ClientMsg::peek_request_id(plain), e.code(), e.to_string()))),
+        Err(e) => Err(Box::new(ServerMsg::error(None, ErrorCode::Protocol, e.to_string()))),
+    }
+}
+
+/// An undecodable message ends the session with the decoder's explanation.
+fn protocol_end(reply: ServerMsg) -> End {
+    match reply {
+        ServerMsg::Error { text, .. } => End::new(ErrorCode::Protocol, text),
+        _ => End::new(ErrorCode::Protocol, "undecodable message"),
+    }
+}
+
+fn err(req: RequestId, code: ErrorCode, text: impl Into<String>) -> ServerMsg {
+    ServerMsg::error(Some(req), code, text)
+}
+
+fn limited(req: RequestId, what: &str, wait: Duration) -> ServerMsg {
+    ServerMsg::Error {
+        req: Some(req),
+        code: ErrorCode::RateLimited,
+        text: format!("too many {what}; try again in {} ms", wait.as_millis()),
+        retry_after_ms: Some(wait.as_millis().clamp(1, u128::from(u32::MAX)) as u32),
+    }
+}
+
+const AUTH_FAILED: &str = "wrong user name or password";
+
+/// The login phase: only Ping and the login messages are accepted.
+async fn login<S: ByteStream>(
+    t: &mut Transport<S>,
+    session: &mut Session,
+    shared: &Arc<Shared>,
+    ip: IpAddr,
+    exporter: &[u8; 32],
+    ticket: Option<crate::store::accounts::TicketRecord>,
+) -> Result<Option<Identity>, End> {
+    loop {
+        let Some(msg) = next_msg(t, session).await? else { return Ok(None) };
+        let result = match msg {
+            ClientMsg::Ping { nonce } => Err(ServerMsg::Pong { nonce }),
+            ClientMsg::Register { req, user, password, device_id, device_name } => {
+                register(shared, ip, req, user, password, device_id, device_name).await
+            }
+            ClientMsg::LoginPassword { req, user, password, device_id, device_name } => {
+                login_password(shared, ip, req, user, password, device_id, device_name).await
+            }
+            ClientMsg::LoginKey { req, user, device_id, device_name, public_key_der, signature } => {
+                login_key(shared, ip, exporter, req, user, device_id, device_name, public_key_der, signature).await
+            }
+            ClientMsg::LoginTicket { req } => match &ticket {
+                Some(tk) => match DeviceId::new(tk.device_id) {
+                    Some(device) => Ok((req, Identity { user: tk.user_name.clone(), uid: tk.user, device }, false)),
+                    None => Err(err(req, ErrorCode::TicketInvalid, "ticket names an invalid device")),
+                },
+                None => Err(err(req, ErrorCode::TicketInvalid, "this connection did not resume a ticket; log in with a password or key")),
+            },
+            other => Err(ServerMsg::error(other.request_id(), ErrorCode::Unauthenticated, "log in first")),
+        };
+        match result {
+            Ok((req, id, issue_ticket)) => {
+                let now = now_ms();
+                let reply = ServerMsg::LoggedIn { req, user: id.user.clone(), device_id: id.device, server_time: Timestamp(now) };
+                queue(t, session, &reply)?;
+                if issue_ticket {
+                    let ticket = issue(shared, &id).await?;
+                    queue(t, session, &ticket)?;
+                }
+                t.flush().await?;
+                return Ok(Some(id));
+            }
+            Err(reply) => {
+                queue(t, session, &reply)?;
+                t.flush().await?;
+            }
+        }
+    }
+}
+
+type LoginResult = Result<(RequestId, Identity, bool), ServerMsg>;
+
+/// The rate-limit refusal to send, if the address or the account has tried too often.
+fn login_rate_refusal(shared: &Shared, ip: IpAddr, req: RequestId, user: &UserName) -> Option<ServerMsg> {
+    if let Err(wait) = shared.limits.logins_per_ip.check(&ip) {
+        return Some(limited(req, "login attempts from your address", wait));
+    }
+    if let Err(wait) = shared.limits.logins_per_account.check(user) {
+        return Some(limited(req, "login attempts for this account", wait));
+    }
+    None
+}
+
+fn internal(req: RequestId, e: impl std::fmt::Display) -> ServerMsg {
+    tracing::error!(error = %e, "internal error");
+    err(req, ErrorCode::Internal, "internal error")
+}
+
+async fn touch(shared: &Shared, req: RequestId, uid: UserId, device: DeviceId, name: String) -> Result<(), ServerMsg> {
+    shared.db(move |a| a.touch_device(uid, device.get(), &name, now_ms())).await.map(drop).map_err(|e| internal(req, e))
+}
+
+async fn register(
+    shared: &Arc<Shared>,
+    ip: IpAddr,
+    req: RequestId,
+    user: UserName,
+    password: Password,
+    device: DeviceId,
+    device_name: String,
+) -> LoginResult {
+    if shared.config.registration == Registration::Closed {
+        return Err(err(req, ErrorCode::RegistrationClosed, "registration is closed on this server; ask its admin for an account"));
+    }
+    if let Err(wait) = shared.limits.logins_per_ip.check(&ip) {
+        return Err(limited(req, "registrations from your address", wait));
+    }
+    if password.expose().chars().count() < MIN_PASSWORD_CHARS {
+        return Err(err(req, ErrorCode::WeakPassword, format!("passwords need at least {MIN_PASSWORD_CHARS} characters")));
+    }
+    let hash = shared.passwords.hash(password.into_zeroizing()).await.map_err(|e| internal(req, e))?;
+    let name = user.clone();
+    let uid = match shared.db(move |a| a.create_user(&name, &hash, now_ms())).await {
+        Ok(uid) => uid,
+        Err(AccountsError::Exists(_)) => return Err(err(req, ErrorCode::Exists, format!("the name {user} is taken"))),
+        Err(e) => return Err(internal(req, e)),
+    };
+    touch(shared, req, uid, device, device_name).await?;
+    tracing::info!(%user, "registered");
+    Ok((req, Identity { user, uid, device }, true))
+}
+
+async fn login_password(
+    shared: &Arc<Shared>,
+    ip: IpAddr,
+    req: RequestId,
+    user: UserName,
+    password: Password,
+    device: DeviceId,
+    device_name: String,
+) -> LoginResult {
+    if let Some(refusal) = login_rate_refusal(shared, ip, req, &user) {
+        return Err(refusal);
+    }
+    let name = user.clone();
+    let record = shared.db(move |a| a.user(&name)).await.map_err(|e| internal(req, e))?;
+    let hash = record.as_ref().map(|r| r.password_hash.clone());
+    // Unknown users verify against the dummy hash: the same work, the same answer.
+    let ok = shared.passwords.verify(password.into_zeroizing(), hash).await.map_err(|e| internal(req, e))?;
+    let Some(record) = record.filter(|_| ok) else {
+        tracing::info!(%user, %ip, "failed password login");
+        return Err(err(req, ErrorCode::AuthFailed, AUTH_FAILED));
+    };
+    touch(shared, req, record.id, device, device_name).await?;
+    Ok((req, Identity { user, uid: record.id, device }, true))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn login_key(
+    shared: &Arc<Shared>,
+    ip: IpAddr,
+    exporter: &[u8; 32],
+    req: RequestId,
+    user: UserName,
+    device: DeviceId,
+    device_name: String,
+    spki: Vec<u8>,
+    signature: Vec<u8>,
+) -> LoginResult {
+    if let Some(refusal) = login_rate_refusal(shared, ip, req, &user) {
+        return Err(refusal);
+    }
+    let name = user.clone();
+    let key = spki.clone();
+    let known = shared
+        .db(move |a| Ok(match a.user(&name)? {
+            Some(r) if a.has_key(r.id, &key)? => Some(r.id),
+            _ => None,
+        }))
+        .await
+        .map_err(|e| internal(req, e))?;
+    let message = user_auth_message(exporter, user.as_str());
+    let valid = tokio::task::spawn_blocking(move || verify_rsa_pss(&spki, &message, &signature).is_ok()).await.unwrap_or(false);
+    let Some(uid) = known.filter(|_| valid) else {
+        tracing::info!(%user, %ip, "failed key login");
+        return Err(err(req, ErrorCode::AuthFailed, "the key is not attached to that user, or the signature is wrong"));
+    };
+    touch(shared, req, uid, device, device_name).await?;
+    Ok((req, Identity { user, uid, device }, true))
+}
+
+/// Creates, stores and returns a fresh ticket push for the identity's device.
+async fn issue(shared: &Shared, id: &Identity) -> Result<ServerMsg, End> {
+    let expires = now_ms() + shared.config.limits.ticket_lifetime().as_millis() as u64;
+    let ticket = new_ticket(id.uid, id.device.get(), expires);
+    let push = ServerMsg::Ticket { ticket_id: ticket.id, secret: (*ticket.secret).into(), expires_at: Timestamp(expires) };
+    shared.db(move |a| a.insert_ticket(&ticket)).await?;
+    Ok(push)
+}
+
+type Pending = Pin<Box<dyn Future<Output = ServerMsg> + Send>>;
+
+/// A logged-in session's state.
+struct Live {
+    id: Identity,
+    shared: Arc<Shared>,
+    /// Replies to sends, in request order, waiting on the group commit.
+    pending: FuturesOrdered<Pending>,
+    /// Highest id pushed during catch-up: live pushes at or below it are duplicates.
+    caught_up: u64,
+    /// Direct messages pushed to this device and not yet acknowledged: (id, sender).
+    unacked: VecDeque<(u64, UserName)>,
+    acked: u64,
+    persisted: u64,
+    /// Client ids this connection sent recently, so the echo of its own send is skipped.
+    recent_sends: VecDeque<String>,
+    last_rx: Instant,
+    ping_out: Option<u64>,
+}
+
+impl Live {
+    fn new(id: Identity, shared: Arc<Shared>) -> Self {
+        Live {
+            id,
+            shared,
+            pending: FuturesOrdered::new(),
+            caught_up: 0,
+            unacked: VecDeque::new(),
+            acked: 0,
+            persisted: 0,
+            recent_sends: VecDeque::new(),
+            last_rx: Instant::now(),
+            ping_out: None,
+        }
+    }
+
+    async fn run<S: ByteStream>(&mut self, t: &mut Transport<S>, session: &mut Session, mut inbox: Inbox) -> End {
+        if let Err(end) = self.catch_up(t, session).await {
+            return end;
+        }
+        let shutdown = self.shared.shutdown.clone();
+        let ping_interval = self.shared.config.limits.ping_interval();
+        loop {
+            let keepalive = self.last_rx + ping_interval * if self.ping_out.is_some() { 2 } else { 1 };
+            let step: Result<(), End> = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return End::new(ErrorCode::ShuttingDown, "server shutting down"),
+                _ = inbox.overflow.cancelled() => return End::new(ErrorCode::QueueOverflow, "too slow to receive; reconnect to catch up"),
+                Some(reply) = self.pending.next(), if !self.pending.is_empty() => self.reply_sent(t, session, reply),
+                Some(push) = inbox.rx.recv() => self.pushes(t, session, push, &mut inbox),
+                r = t.readable() => match r {
+                    Ok(()) => self.input(t, session).await,
+                    Err(e) => Err(ConnError::from(e).into()),
+                },
+                _ = tokio::time::sleep_until(keepalive) => self.keepalive(t, session).await,
+            };
+            if let Err(end) = step {
+                return end;
+            }
+            // A peer that stops reading blocks this write once the socket buffers fill; its
+            // queue then overflows, and that must end the session even mid-write.
+            tokio::select! {
+                biased;
+                r = t.flush() => if let Err(e) = r { return e.into() },
+                _ = inbox.overflow.cancelled() => return End { abort: true, ..End::new(ErrorCode::QueueOverflow, "too slow to receive") },
+                _ = shutdown.cancelled() => return End { abort: true, ..End::new(ErrorCode::ShuttingDown, "server shutting down") },
+            }
+        }
+    }
+
+    /// Pushes everything this device has not acknowledged, in id order, page by page.
+    async fn catch_up<S: ByteStream>(&mut self, t: &mut Transport<S>, session: &mut Session) -> Result<(), End> {
+        let (uid, device) = (self.id.uid, self.id.device.get());
+        let (cursor, rooms) = self
+            .shared
+            .db(move |a| Ok((a.cursor(uid, device)?.unwrap_or(0), a.rooms_of(uid)?)))
+            .await?;
+        let rooms: Vec<_> = rooms.into_iter().map(|m| (m.room, m.joined_at_msg_id)).collect();
+        self.acked = cursor;
+        self.persisted = cursor;
+        let mut after = cursor;
+        loop {
+            let (log, user, rooms2) = (self.shared.log.clone(), self.id.user.clone(), rooms.clone());
+            let page = tokio::task::spawn_blocking(move || log.catch_up(&user, &rooms2, after, MAX_PAGE))
+                .await
+                .map_err(|_| End::new(ErrorCode::Internal, "catch-up worker failed"))?
+                .map_err(|e| End::new(ErrorCode::Internal, e.to_string()))?;
+            let full = page.len() >= MAX_PAGE;
+            for m in &page {
+                after = m.id;
+                if m.from == self.id.user && m.sender_device == device {
+                    continue; // this device sent it
+                }
+                self.track(m.id, &m.from, &m.to);
+                queue(t, session, &ServerMsg::Message(chat_message(m)))?;
+            }
+            t.flush().await?;
+            if !full {
+                break;
+            }
+        }
+        self.caught_up = after;
+        Ok(())
+    }
+
+    /// Remembers a pushed direct message from someone else, for its delivery receipt.
+    fn track(&mut self, id: u64, from: &UserName, to: &Target) {
+        if from != &self.id.user && matches!(to, Target::User(_)) {
+            if self.unacked.len() >= RECEIPT_WINDOW {
+                self.unacked.pop_front();
+            }
+            self.unacked.push_back((id, from.clone()));
+        }
+    }
+
+    fn reply_sent<S>(&mut self, t: &mut Transport<S>, session: &mut Session, reply: ServerMsg) -> Result<(), End> {
+        queue(t, session, &reply)
+    }
+
+    /// Writes a push and whatever else is queued behind it, as one write.
+    fn pushes<S>(&mut self, t: &mut Transport<S>, session: &mut Session, first: Arc<ServerMsg>, inbox: &mut Inbox) -> Result<(), End> {
+        let mut next = Some(first);
+        let mut n = 0;
+        while let Some(push) = next {
+            if let ServerMsg::Message(m) = &*push {
+                let own_echo = m.from == self.id.user && self.recent_sends.contains(&m.client_id);
+                if m.id.0 <= self.caught_up || own_echo {
+                    next = inbox.rx.try_recv().ok();
+                    continue;
+                }
+                self.track(m.id.0, &m.from, &m.to);
+            }
+            queue(t, session, &push)?;
+            n += 1;
+            next = if n < COALESCE { inbox.rx.try_recv().ok() } else { None };
+        }
+        Ok(())
+    }
+
+    /// Handles every complete message that has arrived.
+    async fn input<S: ByteStream>(&mut self, t: &mut Transport<S>, session: &mut Session) -> Result<(), End> {
+        t.read_more(session).await?;
+        self.last_rx = Instant::now();
+        self.ping_out = None;
+        while let Some(incoming) = t.buffered(session)? {
+            let plain = match incoming {
+                Incoming::Data(p) => Zeroizing::new(p.to_vec()),
+                Incoming::Close(_) => return Err(End::new(ErrorCode::Normal, "peer closed")),
+            };
+            match decode(&plain) {
+                Ok(msg) => {
+                    if let Some(reply) = self.handle(msg).await? {
+                        queue(t, session, &reply)?;
+                    }
+                }
+                Err(reply) if reply.request_id().is_some() => queue(t, session, &reply)?,
+                Err(reply) => return Err(protocol_end(*reply)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn keepalive<S: ByteStream>(&mut self, t: &mut Transport<S>, session: &mut Session) -> Result<(), End> {
+        if self.ping_out.is_some() {
+            return Err(End::new(ErrorCode::IdleTimeout, "no answer to ping"));
+        }
+        // Quiet for a whole interval: free the expanded key schedules until the next record.
+        session.release();
+        let nonce = rand::random::<u64>();
+        self.ping_out = Some(nonce);
+        self.persist_cursor().await;
+        queue(t, session, &ServerMsg::Ping { nonce })
+    }
+
+    async fn persist_cursor(&mut self) {
+        if self.acked > self.persisted {
+            let (uid, device, up_to) = (self.id.uid, self.id.device.get(), self.acked);
+            match self.shared.db(move |a| a.advance_cursor(uid, device, up_to)).await {
+                Ok(_) => self.persisted = up_to,
+                Err(e) => tracing::warn!(error = %e, "cursor not saved; messages will be delivered again"),
+            }
+        }
+    }
+
+    /// Handles one request; returns the reply to write now, if any (sends reply later).
+    async fn handle(&mut self, msg: ClientMsg) -> Result<Option<ServerMsg>, End> {
+        let reply = match msg {
+            ClientMsg::Ping { nonce } => ServerMsg::Pong { nonce },
+            ClientMsg::Pong { .. } => return Ok(None),
+            ClientMsg::Register { req, .. } | ClientMsg::LoginPassword { req, .. } | ClientMsg::LoginKey { req, .. } | ClientMsg::LoginTicket { req } => {
+                err(req, ErrorCode::BadRequest, "already logged in")
+            }
+            ClientMsg::Send { req, to, client_id, action, text } => return Ok(self.send(req, to, client_id, action, text).await),
+            ClientMsg::Ack { up_to } => {
+                self.ack(up_to);
+                return Ok(None);
+            }
+            ClientMsg::Typing { to } => {
+                if let Target::User(peer) = &to {
+                    let push = Arc::new(ServerMsg::TypingNotice { from: self.id.user.clone(), to: Target::User(peer.clone()) });
+                    self.shared.router.push_to_user(peer, &push, None);
+                }
+                return Ok(None);
+            }
+            ClientMsg::History { req, with, before, after, limit } => self.history(req, with, before, after, limit).await,
+            ClientMsg::RequestTicket { req } => {
+                let ticket = issue(&self.shared, &self.id).await?;
+                self.shared.router.push_to_user(&self.id.user, &Arc::new(ticket), None);
+                ServerMsg::Ok { req }
+            }
+            ClientMsg::Logout { req } => {
+                let (uid, device) = (self.id.uid, self.id.device.get());
+                self.shared.db(move |a| a.delete_tickets_of_device(uid, device)).await?;
+                return Err(End::new(ErrorCode::Normal, format!("logged out ({})", req.0)));
+            }
+            ClientMsg::ChangePassword { req, old_password, new_password } => self.change_password(req, old_password, new_password).await?,
+            ClientMsg::AddUserKey { req, public_key_der } => match check_public_key(&public_key_der) {
+                Err(e) => err(req, ErrorCode::BadRequest, e.to_string()),
+                Ok(()) => {
+                    let uid = self.id.uid;
+                    self.shared.db(move |a| a.add_key(uid, &public_key_der, now_ms())).await?;
+                    ServerMsg::Ok { req }
+                }
+            },
+            ClientMsg::RemoveUserKey { req, public_key_der } => {
+                let uid = self.id.uid;
+                if self.shared.db(move |a| a.remove_key(uid, &public_key_der)).await? {
+                    ServerMsg::Ok { req }
+                } else {
+                    err(req, ErrorCode::NotFound, "that key is not attached to your account")
+                }
+            }
+            ClientMsg::ListDevices { req } => {
+                let uid = self.id.uid;
+                let current = self.id.device.get();
+                let devices = self.shared.db(move |a| a.devices(uid)).await?;
+                let devices = devices
+                    .into_iter()
+                    .filter_map(|d| {
+                        Some(DeviceInfo { id: DeviceId::new(d.id)?, name: d.name, last_seen: Timestamp(d.last_seen_ms), current: d.id == current })
+                    })
+                    .collect();
+                ServerMsg::Devices { req, devices }
+            }
+            ClientMsg::RevokeDevice { req, device_id } => {
+                let uid = self.id.uid;
+                if self.shared.db(move |a| a.remove_device(uid, device_id.get())).await? {
+                    ServerMsg::Ok { req }
+                } else {
+                    err(req, ErrorCode::NotFound, format!("you have no device {}", device_id.get()))
+                }
+            }
+            other => {
+                // Rooms, contacts, presence and blocking are the next slice (issue 4).
+                ServerMsg::error(other.request_id(), ErrorCode::Unsupported, format!("{} is not supported by this server yet", other.name()))
+            }
+        };
+        Ok(Some(reply))
+    }
+
+    fn ack(&mut self, up_to: MessageId) {
+        let up_to = up_to.0.min(self.caught_up.max(self.shared.log.last_id()));
+        if up_to <= self.acked {
+            return;
+        }
+        self.acked = up_to;
+        while self.unacked.front().is_some_and(|(id, _)| *id <= up_to) {
+            if let Some((id, from)) = self.unacked.pop_front() {
+                let receipt = Arc::new(ServerMsg::Receipt { id: MessageId(id), user: self.id.user.clone(), device_id: self.id.device });
+                self.shared.router.push_to_user(&from, &receipt, None);
+            }
+        }
+    }
+
+    async fn send(&mut self, req: RequestId, to: Target, client_id: String, action: bool, text: String) -> Option<ServerMsg> {
+        if let Err(wait) = self.shared.limits.messages_per_user.check(&self.id.user) {
+            return Some(limited(req, "messages", wait));
+        }
+        match &to {
+            Target::User(peer) => {
+                let name = peer.clone();
+                match self.shared.db(move |a| a.user(&name)).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Some(err(req, ErrorCode::NoSuchUser, format!("no user named {peer}"))),
+                    Err(e) => return Some(internal(req, e)),
+                }
+            }
+            Target::Room(_) => return Some(err(req, ErrorCode::Unsupported, "rooms are not supported by this server yet")),
+        }
+        if self.recent_sends.len() >= RECENT_SENDS {
+            self.recent_sends.pop_front();
+        }
+        self.recent_sends.push_back(client_id.clone());
+        let msg = NewMessage { from: self.id.user.clone(), to, client_id, action, text, sender_device: self.id.device.get() };
+        let log = self.shared.log.clone();
+        self.pending.push_back(Box::pin(async move {
+            match log.append(msg).await {
+                Ok(Appended::New(m) | Appended::Duplicate(m)) => {
+                    ServerMsg::Sent { req, id: MessageId(m.id), ts: Timestamp(m.ts), client_id: m.client_id }
+                }
+                Err(e) => internal(req, e),
+            }
+        }));
+        None
+    }
+
+    async fn history(&mut self, req: RequestId, with: Target, before: Option<MessageId>, after: Option<MessageId>, limit: u16) -> ServerMsg {
+        let conv = match &with {
+            Target::User(peer) => Conversation::direct(&self.id.user, peer),
+            Target::Room(_) => return err(req, ErrorCode::Unsupported, "rooms are not supported by this server yet"),
+        };
+        let log = self.shared.log.clone();
+        let limit = usize::from(limit).min(MAX_PAGE);
+        let page = tokio::task::spawn_blocking(move || log.history(&conv, before.map(|b| b.0), after.map(|a| a.0), limit)).await;
+        match page {
+            Ok(Ok((messages, more))) => history_page(req, messages, more, after.is_some() && before.is_none()),
+            Ok(Err(e)) => internal(req, e),
+            Err(e) => internal(req, e),
+        }
+    }
+
+    async fn change_password(&mut self, req: RequestId, old: Password, new: Password) -> Result<ServerMsg, End> {
+        if new.expose().chars().count() < MIN_PASSWORD_CHARS {
+            return Ok(err(req, ErrorCode::WeakPassword, format!("passwords need at least {MIN_PASSWORD_CHARS} characters")));
+        }
+        let uid = self.id.uid;
+        let Some(record) = self.shared.db(move |a| a.user_by_id(uid)).await? else {
+            return Err(End::new(ErrorCode::AuthFailed, "account deleted"));
+        };
+        let ok = self.shared.passwords.verify(old.into_zeroizing(), Some(record.password_hash)).await.map_err(|e| End::new(ErrorCode::Internal, e.to_string()))?;
+        if !ok {
+            return Ok(err(req, ErrorCode::AuthFailed, "the old password is wrong"));
+        }
+        let hash = self.shared.passwords.hash(new.into_zeroizing()).await.map_err(|e| End::new(ErrorCode::Internal, e.to_string()))?;
+        let device = self.id.device.get();
+        self.shared
+            .db(move |a| {
+                a.set_password(uid, &hash)?;
+                a.delete_tickets_except_device(uid, device)
+            })
+            .await?;
+        tracing::info!(user = %self.id.user, "password changed; other devices' tickets revoked");
+        Ok(ServerMsg::Ok { req })
+    }
+}
+
+/// Builds a history page that fits in one record: when the messages would not fit, the
+/// ones farthest from the anchor are left out and `more` says so.
+fn history_page(req: RequestId, mut messages: Vec<StoredMessage>, mut more: bool, forward: bool) -> ServerMsg {
+    let mut size = PAGE_SLACK;
+    let mut keep = 0;
+    let sizes: Vec<usize> = messages.iter().map(|m| 40 + m.text.len() + m.client_id.len() + m.from.as_str().len() + m.to.as_str().len()).collect();
+    let order: Box<dyn Iterator<Item = usize>> = if forward { Box::new(0..sizes.len()) } else { Box::new((0..sizes.len()).rev()) };
+    for i in order {
+        if size + sizes[i] > MAX_RECORD_PLAINTEXT {
+            more = true;
+            break;
+        }
+        size += sizes[i];
+        keep += 1;
+    }
+    if forward {
+        messages.truncate(keep);
+    } else {
+        messages.drain(..messages.len() - keep);
+    }
+    let messages: Vec<ChatMessage> = messages.iter().map(chat_message).collect();
+    ServerMsg::HistoryPage { req, messages, more }
+}
