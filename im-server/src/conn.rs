@@ -28,20 +28,31 @@ const KEEP_WRITE_BUFFER: usize = 16 * 1024;
 /// A byte stream the server can serve: TCP in production, an in-memory pipe in tests and
 /// fuzzing.
 pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// Waits until a read would not block. Streams without readiness return at once and
-    /// the read itself waits (holding its buffer, which only tests do).
-    fn ready(&self) -> impl Future<Output = io::Result<()>> + Send {
-        async { Ok(()) }
-    }
+    /// Waits for input and appends it to `buf`; `Ok(0)` at end of stream. Cancel-safe, so it
+    /// can sit in a `select!`. TCP waits for readiness first and reserves buffer space only
+    /// once data is there, so an idle connection holds no read buffer.
+    fn read_ready(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
 }
 
 impl ByteStream for tokio::net::TcpStream {
-    fn ready(&self) -> impl Future<Output = io::Result<()>> + Send {
-        self.readable()
+    async fn read_ready(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        loop {
+            self.readable().await?;
+            buf.reserve(READ_CHUNK);
+            match self.try_read_buf(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        }
     }
 }
 
-impl ByteStream for tokio::io::DuplexStream {}
+impl ByteStream for tokio::io::DuplexStream {
+    async fn read_ready(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        buf.reserve(READ_CHUNK);
+        self.read_buf(buf).await
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -75,12 +86,16 @@ impl<S: ByteStream> Transport<S> {
 
     /// Reads more bytes; `Eof` when the peer closed.
     async fn fill(&mut self) -> Result<(), ConnError> {
-        self.stream.ready().await?;
-        self.rbuf.reserve(READ_CHUNK);
-        if self.stream.read_buf(&mut self.rbuf).await? == 0 {
-            return Err(if self.rbuf.is_empty() { ConnError::Eof } else { ConnError::Truncated });
+        let n = self.stream.read_ready(&mut self.rbuf).await?;
+        self.check_eof(n, false)
+    }
+
+    fn check_eof(&self, n: usize, mid_frame: bool) -> Result<(), ConnError> {
+        match n {
+            0 if self.rbuf.is_empty() && !mid_frame => Err(ConnError::Eof),
+            0 => Err(ConnError::Truncated),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     fn release_read(&mut self) {
@@ -109,19 +124,21 @@ impl<S: ByteStream> Transport<S> {
         Ok(r)
     }
 
-    /// Waits for more input. Cancel-safe up to the point data arrives, so it can sit in a
-    /// `select!` beside the push queue.
-    pub async fn readable(&self) -> io::Result<()> {
-        self.stream.ready().await
+    /// Waits for more input and buffers it. Cancel-safe: it can sit in a `select!` beside
+    /// the push queue. Returns the byte count for [`Transport::after_read`].
+    pub async fn read(&mut self) -> io::Result<usize> {
+        self.stream.read_ready(&mut self.rbuf).await
     }
 
-    /// Reads what is available (after [`readable`](Self::readable)); `Eof` when closed.
+    /// Turns a zero-byte read into `Eof` (a clean end between records) or `Truncated`.
+    pub fn after_read(&self, n: usize, session: &Session) -> Result<(), ConnError> {
+        self.check_eof(n, session.is_mid_frame())
+    }
+
+    /// Reads until more input is buffered (outside a `select!`).
     pub async fn read_more(&mut self, session: &Session) -> Result<(), ConnError> {
-        self.rbuf.reserve(READ_CHUNK);
-        if self.stream.read_buf(&mut self.rbuf).await? == 0 {
-            return Err(if self.rbuf.is_empty() && !session.is_mid_frame() { ConnError::Eof } else { ConnError::Truncated });
-        }
-        Ok(())
+        let n = self.read().await?;
+        self.after_read(n, session)
     }
 
     /// Writes everything queued in `wbuf` in one go, then frees a buffer a burst grew.

@@ -80,14 +80,21 @@ impl Server {
         self.shared.host_key.fingerprint()
     }
 
+    /// Starts routing committed messages and returns the shared state, for driving sessions
+    /// directly ([`session::serve`] over any byte stream) in tests and fuzzers.
+    pub fn start(self) -> (Arc<Shared>, tokio::task::JoinHandle<()>) {
+        let dispatcher = tokio::spawn(state::dispatch(self.shared.clone(), self.committed));
+        (self.shared, dispatcher)
+    }
+
     /// Serves on `listener` until [`Shared::shutdown`] fires; then every session sends its
     /// Close, pending writes finish, and the message log drains and closes.
     pub async fn serve(self, listener: TcpListener) {
         let max = server::connection_limit(self.shared.config.limits.max_connections, server::raise_nofile_limit());
-        let dispatcher = tokio::spawn(state::dispatch(self.shared.clone(), self.committed));
-        server::run(listener, self.shared.clone(), max).await;
+        let (shared, dispatcher) = self.start();
+        server::run(listener, shared.clone(), max).await;
         dispatcher.abort();
-        let log = self.shared.log.clone();
+        let log = shared.log.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || log.close()).await.unwrap_or(Ok(())) {
             tracing::error!(error = %e, "closing the message log failed");
         }

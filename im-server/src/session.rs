@@ -171,10 +171,7 @@ async fn next_msg<S: ByteStream>(t: &mut Transport<S>, session: &mut Session) ->
                 }
             }
             Some(Incoming::Close(_)) => return Ok(None),
-            None => {
-                t.readable().await.map_err(ConnError::from)?;
-                t.read_more(session).await?;
-            }
+            None => t.read_more(session).await?,
         }
     }
 }
@@ -400,6 +397,8 @@ struct Live {
     recent_sends: VecDeque<String>,
     last_rx: Instant,
     ping_out: Option<u64>,
+    /// Set by `Logout`: the session closes once the `Ok` is written.
+    logged_out: bool,
 }
 
 impl Live {
@@ -415,6 +414,7 @@ impl Live {
             recent_sends: VecDeque::new(),
             last_rx: Instant::now(),
             ping_out: None,
+            logged_out: false,
         }
     }
 
@@ -432,9 +432,9 @@ impl Live {
                 _ = inbox.overflow.cancelled() => return End::new(ErrorCode::QueueOverflow, "too slow to receive; reconnect to catch up"),
                 Some(reply) = self.pending.next(), if !self.pending.is_empty() => self.reply_sent(t, session, reply),
                 Some(push) = inbox.rx.recv() => self.pushes(t, session, push, &mut inbox),
-                r = t.readable() => match r {
+                r = t.read() => match r.map_err(ConnError::from).and_then(|n| t.after_read(n, session)) {
                     Ok(()) => self.input(t, session).await,
-                    Err(e) => Err(ConnError::from(e).into()),
+                    Err(e) => Err(e.into()),
                 },
                 _ = tokio::time::sleep_until(keepalive) => self.keepalive(t, session).await,
             };
@@ -448,6 +448,9 @@ impl Live {
                 r = t.flush() => if let Err(e) = r { return e.into() },
                 _ = inbox.overflow.cancelled() => return End { abort: true, ..End::new(ErrorCode::QueueOverflow, "too slow to receive") },
                 _ = shutdown.cancelled() => return End { abort: true, ..End::new(ErrorCode::ShuttingDown, "server shutting down") },
+            }
+            if self.logged_out {
+                return End::new(ErrorCode::Normal, "logged out");
             }
         }
     }
@@ -523,7 +526,6 @@ impl Live {
 
     /// Handles every complete message that has arrived.
     async fn input<S: ByteStream>(&mut self, t: &mut Transport<S>, session: &mut Session) -> Result<(), End> {
-        t.read_more(session).await?;
         self.last_rx = Instant::now();
         self.ping_out = None;
         while let Some(incoming) = t.buffered(session)? {
@@ -595,7 +597,8 @@ impl Live {
             ClientMsg::Logout { req } => {
                 let (uid, device) = (self.id.uid, self.id.device.get());
                 self.shared.db(move |a| a.delete_tickets_of_device(uid, device)).await?;
-                return Err(End::new(ErrorCode::Normal, format!("logged out ({})", req.0)));
+                self.logged_out = true;
+                ServerMsg::Ok { req }
             }
             ClientMsg::ChangePassword { req, old_password, new_password } => self.change_password(req, old_password, new_password).await?,
             ClientMsg::AddUserKey { req, public_key_der } => match check_public_key(&public_key_der) {
