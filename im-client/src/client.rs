@@ -26,9 +26,8 @@ use im_proto::hostkey::RsaSigner;
 use im_proto::keys::user_auth_message;
 use im_proto::limits::{MAX_PAGE, MAX_STATUS_TEXT, MAX_TEXT, MAX_TOPIC};
 use im_proto::msg::{
-    ChatMessage, ClientMsg, CloseReason, Contact, ContactState, DeviceId, DeviceInfo, ErrorCode,
-    Member, MessageId, Password, Presence, PresenceInfo, RequestId, RoomEventKind, RoomInfo,
-    ServerMsg, Timestamp, is_valid_client_id,
+    ChatMessage, ClientMsg, CloseReason, Contact, ContactState, DeviceId, DeviceInfo, ErrorCode, Member, MessageId,
+    Password, Presence, PresenceInfo, RequestId, RoomEventKind, RoomInfo, ServerMsg, Timestamp, is_valid_client_id,
 };
 use im_proto::{RoomName, Target, UserName};
 use tokio::net::TcpStream;
@@ -376,11 +375,7 @@ fn now() -> Timestamp {
 
 /// Sends a request before the driver runs and waits for its reply, answering pings. Other
 /// messages (none are expected before login) are kept for the driver.
-async fn login_request(
-    conn: &mut Connection,
-    msg: ClientMsg,
-    early: &mut Vec<ServerMsg>,
-) -> Result<ServerMsg, Error> {
+async fn login_request(conn: &mut Connection, msg: ClientMsg, early: &mut Vec<ServerMsg>) -> Result<ServerMsg, Error> {
     let req = msg.request_id();
     conn.send(&msg).await?;
     drop(msg);
@@ -388,9 +383,7 @@ async fn login_request(
         match step(conn.recv()).await? {
             Received::Closed(reason) => return Err(Error::Closed(reason)),
             Received::Reserved(_) => {}
-            Received::Message(ServerMsg::Ping { nonce }) => {
-                conn.send(&ClientMsg::Pong { nonce }).await?
-            }
+            Received::Message(ServerMsg::Ping { nonce }) => conn.send(&ClientMsg::Pong { nonce }).await?,
             Received::Message(m) if m.request_id().is_some() && m.request_id() == req => {
                 return match m {
                     ServerMsg::Error {
@@ -453,32 +446,26 @@ async fn establish(
             &opts.server.key(),
         ))
         .await?;
-        let info = |user: UserName,
-                    device_id: DeviceId,
-                    server_time: Timestamp,
-                    login: LoginKind,
-                    fp: Option<String>| SessionInfo {
-            server: opts.server.clone(),
-            user,
-            device_id,
-            server_time,
-            login,
-            host_fingerprint: fp,
-        };
+        let info =
+            |user: UserName, device_id: DeviceId, server_time: Timestamp, login: LoginKind, fp: Option<String>| {
+                SessionInfo {
+                    server: opts.server.clone(),
+                    user,
+                    device_id,
+                    server_time,
+                    login,
+                    host_fingerprint: fp,
+                }
+            };
         if est.resumed {
-            match login_request(&mut conn, ClientMsg::LoginTicket { req: req() }, &mut early).await
-            {
+            match login_request(&mut conn, ClientMsg::LoginTicket { req: req() }, &mut early).await {
                 Ok(ServerMsg::LoggedIn {
                     user,
                     device_id,
                     server_time,
                     ..
                 }) => {
-                    let pinned = opts
-                        .host_keys
-                        .known_hosts
-                        .lookup(&opts.server)?
-                        .map(|(fp, _)| fp);
+                    let pinned = opts.host_keys.known_hosts.lookup(&opts.server)?.map(|(fp, _)| fp);
                     tracing::debug!(server = %opts.server, %user, "logged in by ticket");
                     return Ok((
                         conn,
@@ -533,10 +520,7 @@ async fn establish(
         } else if let Some(key) = &creds.key {
             let signature = {
                 let mut rng = rand::rng();
-                key.sign(
-                    &mut rng,
-                    &user_auth_message(&est.exporter, opts.user.as_str()),
-                )
+                key.sign(&mut rng, &user_auth_message(&est.exporter, opts.user.as_str()))
             };
             let msg = ClientMsg::LoginKey {
                 req: req(),
@@ -598,9 +582,7 @@ async fn establish(
                         store_ticket(opts, &user, ticket_id, secret, expires_at)?;
                         break;
                     }
-                    Received::Message(ServerMsg::Ping { nonce }) => {
-                        conn.send(&ClientMsg::Pong { nonce }).await?
-                    }
+                    Received::Message(ServerMsg::Ping { nonce }) => conn.send(&ClientMsg::Pong { nonce }).await?,
                     Received::Message(m) => early.push(m),
                     Received::Closed(reason) => return Err(Error::Closed(reason)),
                     Received::Reserved(_) => {}
@@ -608,11 +590,7 @@ async fn establish(
             }
         }
         tracing::debug!(server = %opts.server, %user, ?kind, "logged in");
-        return Ok((
-            conn,
-            info(user, device_id, server_time, kind, Some(fp)),
-            early,
-        ));
+        return Ok((conn, info(user, device_id, server_time, kind, Some(fp)), early));
     }
 }
 
@@ -678,12 +656,7 @@ impl Driver {
             for (_, reply) in self.pending.drain() {
                 let _ = reply.send(Err(reason.to_error()));
             }
-            let backoff = self
-                .shared
-                .opts
-                .reconnect
-                .clone()
-                .filter(|_| err.is_transient());
+            let backoff = self.shared.opts.reconnect.clone().filter(|_| err.is_transient());
             tracing::debug!(%reason, reconnecting = backoff.is_some(), "disconnected");
             self.emit(Event::Disconnected {
                 reason,
@@ -741,10 +714,7 @@ impl Driver {
             attempts += 1;
             match establish(&self.shared.opts, &self.shared.next_req).await {
                 Ok(ok) => return Some(ok),
-                Err(e)
-                    if e.is_transient()
-                        && backoff.max_attempts.is_none_or(|max| attempts < max) =>
-                {
+                Err(e) if e.is_transient() && backoff.max_attempts.is_none_or(|max| attempts < max) => {
                     tracing::debug!(error = %e, attempts, "reconnect failed; retrying");
                     advice_ms = e.retry_after_ms();
                     delay = (delay * 2).min(backoff.max);
@@ -774,13 +744,7 @@ impl Driver {
         let mut last_rx = Instant::now();
         let mut pinged = false;
         loop {
-            let idle_until = last_rx
-                + KEEPALIVE_AFTER
-                + if pinged {
-                    KEEPALIVE_TIMEOUT
-                } else {
-                    Duration::ZERO
-                };
+            let idle_until = last_rx + KEEPALIVE_AFTER + if pinged { KEEPALIVE_TIMEOUT } else { Duration::ZERO };
             tokio::select! {
                 cmd = self.cmd_rx.recv() => {
                     let result = match cmd {
@@ -886,15 +850,7 @@ impl Driver {
                     tracing::debug!(id = m.id.0, "dropping a duplicate message");
                 }
             }
-            ServerMsg::Receipt {
-                id,
-                user,
-                device_id,
-            } => self.emit(Event::Receipt {
-                id,
-                user,
-                device_id,
-            }),
+            ServerMsg::Receipt { id, user, device_id } => self.emit(Event::Receipt { id, user, device_id }),
             ServerMsg::TypingNotice { from, to } => self.emit(Event::Typing { from, to }),
             ServerMsg::RoomEvent {
                 room,
@@ -948,9 +904,7 @@ impl Driver {
 }
 
 async fn conn_shutdown(conn: &mut Connection) {
-    let _ = conn
-        .close(&CloseReason::new(ErrorCode::Normal, "bye"))
-        .await;
+    let _ = conn.close(&CloseReason::new(ErrorCode::Normal, "bye")).await;
 }
 
 fn check_len(what: &str, text: &str, max: usize) -> Result<(), Error> {
@@ -974,10 +928,7 @@ impl Client {
 
     /// Sends a request built with a fresh request id and waits for its reply. An `Error`
     /// reply becomes [`Error::Server`].
-    pub async fn request(
-        &self,
-        make: impl FnOnce(RequestId) -> ClientMsg,
-    ) -> Result<ServerMsg, Error> {
+    pub async fn request(&self, make: impl FnOnce(RequestId) -> ClientMsg) -> Result<ServerMsg, Error> {
         let req = self.shared.next_req();
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -1004,16 +955,12 @@ impl Client {
     /// Tells the server this device has consumed every message up to and including `id`.
     /// Acks only move forward; a smaller id than one already acknowledged is ignored.
     pub fn ack(&self, id: MessageId) -> Result<(), Error> {
-        self.tx
-            .send(Command::Ack(id))
-            .map_err(|_| Error::ClientClosed)
+        self.tx.send(Command::Ack(id)).map_err(|_| Error::ClientClosed)
     }
 
     /// "I am typing to `to`". Repeat at most every 3 seconds while typing.
     pub fn typing(&self, to: Target) -> Result<(), Error> {
-        self.tx
-            .send(Command::Typing(to))
-            .map_err(|_| Error::ClientClosed)
+        self.tx.send(Command::Typing(to)).map_err(|_| Error::ClientClosed)
     }
 
     /// Closes the connection cleanly once every command sent before (acks included) is
@@ -1027,13 +974,7 @@ impl Client {
 
     /// Sends a message; returns once the server has stored it. Resending the same
     /// `client_id` (within a day) is safe: the server answers with the original `Sent`.
-    pub async fn send(
-        &self,
-        to: &Target,
-        text: &str,
-        client_id: &str,
-        action: bool,
-    ) -> Result<Sent, Error> {
+    pub async fn send(&self, to: &Target, text: &str, client_id: &str, action: bool) -> Result<Sent, Error> {
         check_len("the message", text, MAX_TEXT)?;
         if !is_valid_client_id(client_id) {
             return Err(Error::Usage(format!(
@@ -1050,9 +991,7 @@ impl Client {
             })
             .await?;
         match reply {
-            ServerMsg::Sent {
-                id, ts, client_id, ..
-            } => Ok(Sent { id, ts, client_id }),
+            ServerMsg::Sent { id, ts, client_id, .. } => Ok(Sent { id, ts, client_id }),
             other => Err(unexpected(&other)),
         }
     }
@@ -1100,8 +1039,7 @@ impl Client {
 
     /// Asks for a fresh ticket (stored when it arrives, before this returns).
     pub async fn request_ticket(&self) -> Result<(), Error> {
-        self.request_ok(|req| ClientMsg::RequestTicket { req })
-            .await
+        self.request_ok(|req| ClientMsg::RequestTicket { req }).await
     }
 
     pub async fn change_password(&self, old: Password, new: Password) -> Result<(), Error> {
@@ -1114,19 +1052,13 @@ impl Client {
     }
 
     pub async fn add_key(&self, public_key_der: Vec<u8>) -> Result<(), Error> {
-        self.request_ok(|req| ClientMsg::AddUserKey {
-            req,
-            public_key_der,
-        })
-        .await
+        self.request_ok(|req| ClientMsg::AddUserKey { req, public_key_der })
+            .await
     }
 
     pub async fn remove_key(&self, public_key_der: Vec<u8>) -> Result<(), Error> {
-        self.request_ok(|req| ClientMsg::RemoveUserKey {
-            req,
-            public_key_der,
-        })
-        .await
+        self.request_ok(|req| ClientMsg::RemoveUserKey { req, public_key_der })
+            .await
     }
 
     pub async fn devices(&self) -> Result<Vec<DeviceInfo>, Error> {
@@ -1137,8 +1069,7 @@ impl Client {
     }
 
     pub async fn revoke_device(&self, device_id: DeviceId) -> Result<(), Error> {
-        self.request_ok(|req| ClientMsg::RevokeDevice { req, device_id })
-            .await
+        self.request_ok(|req| ClientMsg::RevokeDevice { req, device_id }).await
     }
 
     pub async fn rooms(&self) -> Result<Vec<RoomInfo>, Error> {
@@ -1198,12 +1129,7 @@ impl Client {
         }
     }
 
-    pub async fn moderate(
-        &self,
-        action: Moderation,
-        room: &RoomName,
-        user: &UserName,
-    ) -> Result<(), Error> {
+    pub async fn moderate(&self, action: Moderation, room: &RoomName, user: &UserName) -> Result<(), Error> {
         let (room, user) = (room.clone(), user.clone());
         self.request_ok(|req| match action {
             Moderation::Kick => ClientMsg::Kick { req, room, user },
@@ -1253,19 +1179,12 @@ impl Client {
             check_len("the status text", t, MAX_STATUS_TEXT)?;
         }
         let text = text.map(str::to_owned);
-        self.request_ok(|req| ClientMsg::SetPresence {
-            req,
-            presence,
-            text,
-        })
-        .await
+        self.request_ok(|req| ClientMsg::SetPresence { req, presence, text })
+            .await
     }
 
     pub async fn presence(&self, users: Vec<UserName>) -> Result<Vec<PresenceInfo>, Error> {
-        match self
-            .request(|req| ClientMsg::GetPresence { req, users })
-            .await?
-        {
+        match self.request(|req| ClientMsg::GetPresence { req, users }).await? {
             ServerMsg::PresenceList { entries, .. } => Ok(entries),
             other => Err(unexpected(&other)),
         }

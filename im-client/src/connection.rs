@@ -133,18 +133,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub async fn close(&mut self, reason: &CloseReason) -> Result<(), Error> {
         let mut bytes = Vec::new();
         reason.encode(&mut bytes);
-        self.framed
-            .send(Outgoing::Close(&bytes))
-            .await
-            .map_err(codec_error)
+        self.framed.send(Outgoing::Close(&bytes)).await.map_err(codec_error)
     }
 
     /// Closes with `normal` and shuts the write side down, ignoring errors: the end of a
     /// connection that did its job.
     pub async fn shutdown(mut self) {
-        let _ = self
-            .close(&CloseReason::new(ErrorCode::Normal, "bye"))
-            .await;
+        let _ = self.close(&CloseReason::new(ErrorCode::Normal, "bye")).await;
         let _ = tokio::io::AsyncWriteExt::shutdown(self.framed.get_mut()).await;
     }
 }
@@ -152,9 +147,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 fn codec_error(e: CodecError) -> Error {
     match e {
         CodecError::Io(e) => Error::ConnectionLost(e.to_string()),
-        CodecError::Truncated => {
-            Error::ConnectionLost("the connection was cut in the middle of a frame".into())
-        }
+        CodecError::Truncated => Error::ConnectionLost("the connection was cut in the middle of a frame".into()),
         CodecError::Frame(e) => Error::Protocol(e.to_string()),
         CodecError::Session(e) => Error::Protocol(e.to_string()),
     }

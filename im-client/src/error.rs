@@ -123,8 +123,7 @@ pub enum Error {
 }
 
 fn retry_hint(ms: Option<u32>) -> String {
-    ms.map(|ms| format!(" (retry after {ms} ms)"))
-        .unwrap_or_default()
+    ms.map(|ms| format!(" (retry after {ms} ms)")).unwrap_or_default()
 }
 
 impl Error {
@@ -140,10 +139,9 @@ impl Error {
             | Error::ClientClosed => exit_code::CONNECT,
             Error::Closed(reason) => match reason.code {
                 ErrorCode::RateLimited => exit_code::RATE_LIMITED,
-                ErrorCode::Revoked
-                | ErrorCode::AuthFailed
-                | ErrorCode::Unauthenticated
-                | ErrorCode::TicketInvalid => exit_code::AUTH,
+                ErrorCode::Revoked | ErrorCode::AuthFailed | ErrorCode::Unauthenticated | ErrorCode::TicketInvalid => {
+                    exit_code::AUTH
+                }
                 _ => exit_code::CONNECT,
             },
             Error::Rejected { code, .. } => match code {
@@ -187,9 +185,7 @@ impl Error {
     /// The server's advice on when to retry, if it gave one.
     pub fn retry_after_ms(&self) -> Option<u32> {
         match self {
-            Error::Rejected { retry_after_ms, .. } | Error::Server { retry_after_ms, .. } => {
-                *retry_after_ms
-            }
+            Error::Rejected { retry_after_ms, .. } | Error::Server { retry_after_ms, .. } => *retry_after_ms,
             _ => None,
         }
     }
@@ -203,11 +199,7 @@ impl Error {
         }
     }
 
-    pub(crate) fn local(
-        what: &'static str,
-        path: impl Into<PathBuf>,
-        source: std::io::Error,
-    ) -> Self {
+    pub(crate) fn local(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Local {
             what,
             path: path.into(),
@@ -218,10 +210,7 @@ impl Error {
     /// Whether retrying later on a new connection could help (used by reconnection).
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Connect { .. }
-            | Error::ConnectionLost(_)
-            | Error::Timeout(_)
-            | Error::Rejected { .. } => true,
+            Error::Connect { .. } | Error::ConnectionLost(_) | Error::Timeout(_) | Error::Rejected { .. } => true,
             Error::Closed(reason) => matches!(
                 reason.code,
                 ErrorCode::ShuttingDown
@@ -252,8 +241,8 @@ mod tests {
             match code.name() {
                 "unauthenticated" | "auth_failed" | "ticket_invalid" | "revoked" => 4,
                 "rate_limited" => 7,
-                "normal" | "protocol" | "queue_overflow" | "idle_timeout" | "login_timeout"
-                | "shutting_down" | "internal" => 3,
+                "normal" | "protocol" | "queue_overflow" | "idle_timeout" | "login_timeout" | "shutting_down"
+                | "internal" => 3,
                 _ => 6,
             }
         };
@@ -266,10 +255,7 @@ mod tests {
             assert_eq!(err.exit_code(), expect(code), "{code}");
             assert_eq!(err.code_name(), code.name());
         }
-        assert_eq!(
-            exit_code::for_error_code(ErrorCode::Unknown(999)),
-            exit_code::REFUSED
-        );
+        assert_eq!(exit_code::for_error_code(ErrorCode::Unknown(999)), exit_code::REFUSED);
     }
 
     #[test]
@@ -291,11 +277,7 @@ mod tests {
                 3,
                 "shutting_down",
             ),
-            (
-                Error::Closed(CloseReason::new(ErrorCode::Revoked, "")),
-                4,
-                "revoked",
-            ),
+            (Error::Closed(CloseReason::new(ErrorCode::Revoked, "")), 4, "revoked"),
             (
                 Error::Rejected {
                     code: ErrorCode::RateLimited,
@@ -342,10 +324,7 @@ mod tests {
             text: "slow down".into(),
             retry_after_ms: Some(1500),
         };
-        assert_eq!(
-            err.to_string(),
-            "rate_limited: slow down (retry after 1500 ms)"
-        );
+        assert_eq!(err.to_string(), "rate_limited: slow down (retry after 1500 ms)");
         assert_eq!(err.retry_after_ms(), Some(1500));
         let err = Error::HostKeyChanged {
             server: "h:1".into(),
@@ -355,10 +334,7 @@ mod tests {
             line: 2,
         };
         let text = err.to_string();
-        assert!(
-            text.contains("SHA256:old") && text.contains("SHA256:new"),
-            "{text}"
-        );
+        assert!(text.contains("SHA256:old") && text.contains("SHA256:new"), "{text}");
         assert!(
             text.contains("line 2 of /home/k") && text.contains("sed -i '2d' '/home/k'"),
             "{text}"

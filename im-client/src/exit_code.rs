@@ -31,11 +31,10 @@ pub fn for_error_code(code: ErrorCode) -> u8 {
     use ErrorCode::*;
     match code {
         Unauthenticated | AuthFailed | TicketInvalid | Revoked => AUTH,
-        BadRequest | Unsupported | TooLarge | RegistrationClosed | Exists | InvalidName
-        | WeakPassword | NoSuchUser | NoSuchRoom | NotMember | NotAllowed | NotFound => REFUSED,
+        BadRequest | Unsupported | TooLarge | RegistrationClosed | Exists | InvalidName | WeakPassword | NoSuchUser
+        | NoSuchRoom | NotMember | NotAllowed | NotFound => REFUSED,
         RateLimited => RATE_LIMITED,
-        Normal | Protocol | QueueOverflow | IdleTimeout | LoginTimeout | ShuttingDown
-        | Internal => CONNECT,
+        Normal | Protocol | QueueOverflow | IdleTimeout | LoginTimeout | ShuttingDown | Internal => CONNECT,
         Unknown(_) => REFUSED,
     }
 }

@@ -131,11 +131,8 @@ impl Home {
 
     /// `explicit` if given, else `IM_HOME`, else the platform's folders.
     pub fn resolve(explicit: Option<PathBuf>) -> Result<Self, Error> {
-        if let Some(dir) = explicit.or_else(|| {
-            std::env::var_os(HOME_ENV)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        }) {
+        if let Some(dir) = explicit.or_else(|| std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()).map(PathBuf::from))
+        {
             return Ok(Home::at(dir));
         }
         let dirs = directories::ProjectDirs::from("", "", "im").ok_or_else(|| {
@@ -227,11 +224,7 @@ impl Home {
         }
     }
 
-    pub fn load_ticket(
-        &self,
-        server: &ServerAddr,
-        user: &UserName,
-    ) -> Result<Option<StoredTicket>, Error> {
+    pub fn load_ticket(&self, server: &ServerAddr, user: &UserName) -> Result<Option<StoredTicket>, Error> {
         let path = self.ticket_path(server, user);
         match fs::read_to_string(&path) {
             Ok(text) => {
@@ -244,17 +237,8 @@ impl Home {
         }
     }
 
-    pub fn save_ticket(
-        &self,
-        server: &ServerAddr,
-        user: &UserName,
-        ticket: &StoredTicket,
-    ) -> Result<(), Error> {
-        write_file(
-            &self.ticket_path(server, user),
-            ticket.encode().as_bytes(),
-            true,
-        )
+    pub fn save_ticket(&self, server: &ServerAddr, user: &UserName, ticket: &StoredTicket) -> Result<(), Error> {
+        write_file(&self.ticket_path(server, user), ticket.encode().as_bytes(), true)
     }
 
     /// Deletes the stored ticket; `Ok(false)` when there was none.
@@ -270,9 +254,7 @@ impl Home {
 
 /// Reads a PKCS#8 PEM RSA private key.
 pub fn load_key(path: &Path) -> Result<RsaSigner, Error> {
-    let pem = Zeroizing::new(
-        fs::read_to_string(path).map_err(|e| Error::local("cannot read key file", path, e))?,
-    );
+    let pem = Zeroizing::new(fs::read_to_string(path).map_err(|e| Error::local("cannot read key file", path, e))?);
     RsaSigner::from_pkcs8_pem(&pem).map_err(|e| Error::BadFile {
         path: path.to_owned(),
         detail: e.to_string(),
@@ -288,8 +270,7 @@ pub fn save_key(path: &Path, key: &RsaSigner) -> Result<(), Error> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         ensure_dir(dir)?;
     }
-    let mut f =
-        open_private(path, true).map_err(|e| Error::local("cannot create key file", path, e))?;
+    let mut f = open_private(path, true).map_err(|e| Error::local("cannot create key file", path, e))?;
     f.write_all(pem.as_bytes())
         .and_then(|()| f.sync_all())
         .map_err(|e| Error::local("cannot write key file", path, e))
@@ -319,8 +300,7 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<(), Error> {
     b.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(dir)
-        .map_err(|e| Error::local("cannot create folder", dir, e))
+    b.create(dir).map_err(|e| Error::local("cannot create folder", dir, e))
 }
 
 fn open_private(path: &Path, create_new: bool) -> std::io::Result<fs::File> {
@@ -422,10 +402,7 @@ mod tests {
         assert!(back.is_expired(Timestamp(1_800_000_000_000)));
         assert!(!back.is_expired(Timestamp(1_799_999_999_999)));
         let debug = format!("{back:?}");
-        assert!(
-            debug.contains("redacted") && !debug.contains("0909"),
-            "{debug}"
-        );
+        assert!(debug.contains("redacted") && !debug.contains("0909"), "{debug}");
         assert!(home.delete_ticket(&server, &alice).unwrap());
         assert!(!home.delete_ticket(&server, &alice).unwrap());
         assert!(home.load_ticket(&server, &alice).unwrap().is_none());
@@ -453,8 +430,7 @@ mod tests {
     #[test]
     fn keys_are_written_0600_and_never_overwritten() {
         let dir = tempfile::tempdir().unwrap();
-        let key = RsaSigner::from_pkcs8_pem(include_str!("../../im-proto/tests/data/user_key.pem"))
-            .unwrap();
+        let key = RsaSigner::from_pkcs8_pem(include_str!("../../im-proto/tests/data/user_key.pem")).unwrap();
         let path = dir.path().join("sub").join("k.pem");
         save_key(&path, &key).unwrap();
         #[cfg(unix)]

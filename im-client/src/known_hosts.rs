@@ -196,10 +196,7 @@ mod tests {
     fn unknown_match_changed() {
         let dir = tempfile::tempdir().unwrap();
         let kh = KnownHosts::new(dir.path().join("known_hosts"));
-        assert_eq!(
-            kh.check(&addr("a.example"), "SHA256:one").unwrap(),
-            HostStatus::Unknown
-        );
+        assert_eq!(kh.check(&addr("a.example"), "SHA256:one").unwrap(), HostStatus::Unknown);
         kh.add(&addr("a.example"), "SHA256:one").unwrap();
         kh.add(&addr("b.example:9000"), "SHA256:two").unwrap();
         assert_eq!(
@@ -218,10 +215,7 @@ mod tests {
             }
         );
         // Another port is another server.
-        assert_eq!(
-            kh.check(&addr("b.example"), "SHA256:two").unwrap(),
-            HostStatus::Unknown
-        );
+        assert_eq!(kh.check(&addr("b.example"), "SHA256:two").unwrap(), HostStatus::Unknown);
         assert_eq!(
             fs::read_to_string(kh.path()).unwrap(),
             "a.example:7447 SHA256:one\nb.example:9000 SHA256:two\n"
@@ -279,18 +273,12 @@ mod tests {
             .verify(&h, "SHA256:a")
             .await
             .unwrap();
-        for unknown in [
-            UnknownHost::AcceptNew,
-            UnknownHost::Ask(Arc::new(|_, _| true)),
-        ] {
+        for unknown in [UnknownHost::AcceptNew, UnknownHost::Ask(Arc::new(|_, _| true))] {
             let err = policy(dir.path(), unknown, None)
                 .verify(&h, "SHA256:c")
                 .await
                 .unwrap_err();
-            assert!(
-                matches!(err, Error::HostKeyChanged { line: 1, .. }),
-                "{err}"
-            );
+            assert!(matches!(err, Error::HostKeyChanged { line: 1, .. }), "{err}");
         }
         let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = asked.clone();

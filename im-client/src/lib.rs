@@ -40,8 +40,8 @@ pub mod known_hosts;
 pub mod server_addr;
 
 pub use client::{
-    Backoff, Client, ConnectOptions, Credentials, Disconnect, Event, Events, HistoryPage,
-    LoginKind, Moderation, PasswordSource, Sent, SessionInfo, connect, fetch_host_key,
+    Backoff, Client, ConnectOptions, Credentials, Disconnect, Event, Events, HistoryPage, LoginKind, Moderation,
+    PasswordSource, Sent, SessionInfo, connect, fetch_host_key,
 };
 pub use error::Error;
 pub use home::{Config, Home, StoredTicket};

@@ -26,9 +26,7 @@ impl ServerAddr {
         if s.is_empty() {
             return Err(bad("empty"));
         }
-        if s.chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '/')
-        {
+        if s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/') {
             return Err(bad("contains spaces, '/' or control characters"));
         }
         let (host, port) = if let Some(rest) = s.strip_prefix('[') {
@@ -37,11 +35,7 @@ impl ServerAddr {
                 "" => (host, None),
                 _ => (
                     host,
-                    Some(
-                        after
-                            .strip_prefix(':')
-                            .ok_or_else(|| bad("junk after ']'"))?,
-                    ),
+                    Some(after.strip_prefix(':').ok_or_else(|| bad("junk after ']'"))?),
                 ),
             }
         } else if s.matches(':').count() > 1 {

@@ -94,12 +94,7 @@ async fn first_send_pins_remembers_and_later_commands_need_nothing() {
         (e["type"].as_str(), e["exit"].as_u64(), e["code"].as_str()),
         (Some("error"), Some(5), Some("host_key_unknown"))
     );
-    assert!(
-        e["message"]
-            .as_str()
-            .unwrap()
-            .contains(&host_key().fingerprint())
-    );
+    assert!(e["message"].as_str().unwrap().contains(&host_key().fingerprint()));
     assert!(server.state().logins.is_empty());
 
     // --accept-new: pinned, logged in by password, message stored.
@@ -151,10 +146,7 @@ async fn first_send_pins_remembers_and_later_commands_need_nothing() {
         (w["type"].as_str(), w["user"].as_str(), w["server"].as_str()),
         (Some("whoami"), Some("alice"), Some(addr.as_str()))
     );
-    assert_eq!(
-        w["fingerprint"].as_str(),
-        Some(host_key().fingerprint().as_str())
-    );
+    assert_eq!(w["fingerprint"].as_str(), Some(host_key().fingerprint().as_str()));
     assert!(w["device"].as_u64().unwrap() > 0);
 
     // Stdin, line by line.
@@ -183,10 +175,7 @@ async fn first_send_pins_remembers_and_later_commands_need_nothing() {
 
     // Refusals: by the server (no such user), and locally (too long, never sent).
     let r = im(home.path(), &["--json", "send", "nobody", "hi"], &[], None).await;
-    assert_eq!(
-        (r.code, r.error()["code"].as_str()),
-        (6, Some("no_such_user"))
-    );
+    assert_eq!((r.code, r.error()["code"].as_str()), (6, Some("no_such_user")));
     let long = "x".repeat(8193);
     let r = im(home.path(), &["--json", "send", "bob", &long], &[], None).await;
     assert_eq!((r.code, r.error()["code"].as_str()), (6, Some("refused")));
@@ -227,11 +216,7 @@ async fn listen_prints_and_acknowledges_then_counts_and_times_out() {
     let addr = server.addr.key();
     let base = ["-s", addr.as_str(), "-u", "alice", "--accept-new", "--json"];
 
-    let args: Vec<&str> = base
-        .iter()
-        .copied()
-        .chain(["listen", "--count", "2"])
-        .collect();
+    let args: Vec<&str> = base.iter().copied().chain(["listen", "--count", "2"]).collect();
     let r = im(home.path(), &args, &[PW], None).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     let lines = r.json_lines();
@@ -245,10 +230,7 @@ async fn listen_prints_and_acknowledges_then_counts_and_times_out() {
         ),
         (Some("alice"), Some("one"), Some(1))
     );
-    assert_eq!(
-        (lines[2]["room"].as_str(), lines[2].get("to")),
-        (Some("#rust"), None)
-    );
+    assert_eq!((lines[2]["room"].as_str(), lines[2].get("to")), (Some("#rust"), None));
     assert_eq!(server.state().acks, [1, 2]);
 
     // --timeout before --count: exit 1; --timeout alone: exit 0.
@@ -259,18 +241,8 @@ async fn listen_prints_and_acknowledges_then_counts_and_times_out() {
         .collect();
     let r = im(home.path(), &args, &[], None).await;
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert_eq!(
-        r.json_lines()
-            .iter()
-            .filter(|l| l["type"] == "message")
-            .count(),
-        2
-    );
-    let args: Vec<&str> = base
-        .iter()
-        .copied()
-        .chain(["listen", "--timeout", "0.3"])
-        .collect();
+    assert_eq!(r.json_lines().iter().filter(|l| l["type"] == "message").count(), 2);
+    let args: Vec<&str> = base.iter().copied().chain(["listen", "--timeout", "0.3"]).collect();
     assert_eq!(im(home.path(), &args, &[], None).await.code, 0);
 }
 
@@ -282,16 +254,7 @@ async fn listen_with_a_closed_stdout_exits_0_and_acknowledges_nothing() {
     let addr = server.addr.key();
     let mut cmd = command(
         home.path(),
-        &[
-            "-s",
-            &addr,
-            "-u",
-            "alice",
-            "--accept-new",
-            "listen",
-            "--timeout",
-            "5",
-        ],
+        &["-s", &addr, "-u", "alice", "--accept-new", "listen", "--timeout", "5"],
     );
     cmd.env("IM_PASSWORD", PASSWORD);
     let mut child = cmd.spawn().unwrap();
@@ -351,15 +314,7 @@ async fn a_changed_host_key_is_refused_with_both_fingerprints_and_the_fix() {
     let fp = other_host_key().fingerprint();
     let r = im(
         home.path(),
-        &[
-            "-s",
-            &addr,
-            "-u",
-            "alice",
-            "--trust-fingerprint",
-            &fp,
-            "whoami",
-        ],
+        &["-s", &addr, "-u", "alice", "--trust-fingerprint", &fp, "whoami"],
         &[PW],
         None,
     )
@@ -396,23 +351,12 @@ async fn usage_auth_connect_and_rate_limit_exit_codes() {
     let addr = server.addr.key();
     let r = im(
         home.path(),
-        &[
-            "--json",
-            "-s",
-            &addr,
-            "-u",
-            "alice",
-            "--accept-new",
-            "whoami",
-        ],
+        &["--json", "-s", &addr, "-u", "alice", "--accept-new", "whoami"],
         &[("IM_PASSWORD", "wrong-one")],
         None,
     )
     .await;
-    assert_eq!(
-        (r.code, r.error()["code"].as_str()),
-        (4, Some("auth_failed"))
-    );
+    assert_eq!((r.code, r.error()["code"].as_str()), (4, Some("auth_failed")));
     let r = im(
         home.path(),
         &["--json", "-s", &addr, "-u", "alice", "whoami"],
@@ -420,10 +364,7 @@ async fn usage_auth_connect_and_rate_limit_exit_codes() {
         None,
     )
     .await;
-    assert_eq!(
-        (r.code, r.error()["code"].as_str()),
-        (4, Some("no_credentials"))
-    );
+    assert_eq!((r.code, r.error()["code"].as_str()), (4, Some("no_credentials")));
     let pwfile = home.path().join("pw");
     std::fs::write(&pwfile, format!("{PASSWORD}\n")).unwrap();
     let r = im(
@@ -480,35 +421,15 @@ async fn register_remembers_the_server_and_user() {
     let addr = server.addr.key();
     let r = im(
         home.path(),
-        &[
-            "-s",
-            &addr,
-            "-u",
-            "Carol",
-            "--accept-new",
-            "--json",
-            "register",
-        ],
+        &["-s", &addr, "-u", "Carol", "--accept-new", "--json", "register"],
         &[("IM_PASSWORD", "short")],
         None,
     )
     .await;
-    assert_eq!(
-        r.code, 6,
-        "a too short password is refused locally: {}",
-        r.stderr
-    );
+    assert_eq!(r.code, 6, "a too short password is refused locally: {}", r.stderr);
     let r = im(
         home.path(),
-        &[
-            "-s",
-            &addr,
-            "-u",
-            "Carol",
-            "--accept-new",
-            "--json",
-            "register",
-        ],
+        &["-s", &addr, "-u", "Carol", "--accept-new", "--json", "register"],
         &[PW],
         None,
     )
@@ -524,13 +445,7 @@ async fn register_remembers_the_server_and_user() {
 #[tokio::test]
 async fn keygen_writes_a_private_key_once() {
     let home = tempfile::tempdir().unwrap();
-    let r = im(
-        home.path(),
-        &["keygen", "--bits", "2048", "--json"],
-        &[],
-        None,
-    )
-    .await;
+    let r = im(home.path(), &["keygen", "--bits", "2048", "--json"], &[], None).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     let k = &r.json_lines()[0];
     assert_eq!(k["type"], "key");
@@ -539,10 +454,7 @@ async fn keygen_writes_a_private_key_once() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
     let key = im_client::home::load_key(&path).unwrap();
     assert_eq!(k["fingerprint"].as_str(), Some(key.fingerprint().as_str()));
@@ -555,8 +467,7 @@ async fn key_login_after_key_add() {
     let server = FakeServer::start(host_key()).await;
     let home = tempfile::tempdir().unwrap();
     let addr = server.addr.key();
-    let key_file =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../im-proto/tests/data/user_key.pem");
+    let key_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../im-proto/tests/data/user_key.pem");
     let key_file = key_file.to_str().unwrap();
     // The fake server takes any key once told to; `key add` logs in by password.
     let r = im(
@@ -576,20 +487,10 @@ async fn key_login_after_key_add() {
         None,
     )
     .await;
-    assert_eq!(
-        r.code, 6,
-        "the fake server does not implement AddUserKey: {}",
-        r.stderr
-    );
+    assert_eq!(r.code, 6, "the fake server does not implement AddUserKey: {}", r.stderr);
     server.state().user_key_der = Some(user_key().public_der().to_vec());
     std::fs::remove_dir_all(home.path().join("tickets")).unwrap();
-    let r = im(
-        home.path(),
-        &["--json", "--key", key_file, "whoami"],
-        &[],
-        None,
-    )
-    .await;
+    let r = im(home.path(), &["--json", "--key", key_file, "whoami"], &[], None).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(server.state().logins, ["password:alice", "key:alice"]);
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use im_client::{
-    Backoff, ConnectOptions, Credentials, Disconnect, Error, Event, Home, HostKeyPolicy, LoginKind,
-    ServerAddr, UnknownHost, connect,
+    Backoff, ConnectOptions, Credentials, Disconnect, Error, Event, Home, HostKeyPolicy, LoginKind, ServerAddr,
+    UnknownHost, connect,
 };
 use im_proto::handshake::Reject;
 use im_proto::msg::{CloseReason, DeviceId, ErrorCode, MessageId, Password, ServerMsg, Timestamp};
@@ -61,20 +61,12 @@ async fn password_login_pins_the_host_stores_a_ticket_and_the_next_login_resumes
     let home = Home::at(dir.path());
     let alice = UserName::parse("alice").unwrap();
 
-    let (client, _events) = connect(options(&server, &home, UnknownHost::AcceptNew))
-        .await
-        .unwrap();
+    let (client, _events) = connect(options(&server, &home, UnknownHost::AcceptNew)).await.unwrap();
     let s = client.session();
     assert_eq!((s.login, s.user.as_str()), (LoginKind::Password, "alice"));
-    assert_eq!(
-        s.host_fingerprint.as_deref(),
-        Some(host_key().fingerprint().as_str())
-    );
+    assert_eq!(s.host_fingerprint.as_deref(), Some(host_key().fingerprint().as_str()));
     let pins = std::fs::read_to_string(home.known_hosts_path()).unwrap();
-    assert_eq!(
-        pins,
-        format!("{} {}\n", server.addr.key(), host_key().fingerprint())
-    );
+    assert_eq!(pins, format!("{} {}\n", server.addr.key(), host_key().fingerprint()));
     // The ticket pushed right after the login is stored before connect returns.
     let ticket = home
         .load_ticket(&server.addr, &alice)
@@ -88,10 +80,7 @@ async fn password_login_pins_the_host_stores_a_ticket_and_the_next_login_resumes
         .send(&Target::parse("bob").unwrap(), "hello", "cid-1", false)
         .await
         .unwrap();
-    assert_eq!(
-        (sent.id, sent.client_id.as_str()),
-        (MessageId(101), "cid-1")
-    );
+    assert_eq!((sent.id, sent.client_id.as_str()), (MessageId(101), "cid-1"));
     let err = client
         .send(&Target::parse("nobody").unwrap(), "x", "cid-2", false)
         .await
@@ -108,12 +97,7 @@ async fn password_login_pins_the_host_stores_a_ticket_and_the_next_login_resumes
     );
     assert_eq!(err.exit_code(), 6);
     let err = client
-        .send(
-            &Target::parse("bob").unwrap(),
-            &"x".repeat(8193),
-            "cid-3",
-            false,
-        )
+        .send(&Target::parse("bob").unwrap(), &"x".repeat(8193), "cid-3", false)
         .await
         .unwrap_err();
     assert_eq!(err.exit_code(), 6, "{err}");
@@ -173,9 +157,7 @@ async fn a_changed_host_key_is_refused_even_with_accept_new() {
     let server = FakeServer::start(other_host_key()).await;
     let dir = tempfile::tempdir().unwrap();
     let home = Home::at(dir.path());
-    home.known_hosts()
-        .add(&server.addr, &host_key().fingerprint())
-        .unwrap();
+    home.known_hosts().add(&server.addr, &host_key().fingerprint()).unwrap();
     let err = connect(options(&server, &home, UnknownHost::AcceptNew))
         .await
         .err()
@@ -190,11 +172,7 @@ async fn a_changed_host_key_is_refused_even_with_accept_new() {
         } => {
             assert_eq!(
                 (pinned, presented, *line),
-                (
-                    &host_key().fingerprint(),
-                    &other_host_key().fingerprint(),
-                    1
-                )
+                (&host_key().fingerprint(), &other_host_key().fingerprint(), 1)
             );
             assert_eq!(file, &home.known_hosts_path());
         }
@@ -210,18 +188,14 @@ async fn a_ticket_the_server_forgot_is_deleted_and_the_password_used_on_the_same
     let dir = tempfile::tempdir().unwrap();
     let home = Home::at(dir.path());
     let alice = UserName::parse("alice").unwrap();
-    home.known_hosts()
-        .add(&server.addr, &host_key().fingerprint())
-        .unwrap();
+    home.known_hosts().add(&server.addr, &host_key().fingerprint()).unwrap();
     let stale = im_client::StoredTicket {
         id: [1; 16],
         secret: zeroize::Zeroizing::new([2; 32]),
         expires_at: Timestamp(now().0 + 60_000),
     };
     home.save_ticket(&server.addr, &alice, &stale).unwrap();
-    let (client, _events) = connect(options(&server, &home, UnknownHost::Refuse))
-        .await
-        .unwrap();
+    let (client, _events) = connect(options(&server, &home, UnknownHost::Refuse)).await.unwrap();
     assert_eq!(client.session().login, LoginKind::Password);
     client.close().await;
     let st = server.state();
@@ -237,16 +211,12 @@ async fn an_expired_ticket_is_not_offered() {
     let dir = tempfile::tempdir().unwrap();
     let home = Home::at(dir.path());
     let alice = UserName::parse("alice").unwrap();
-    let (client, _events) = connect(options(&server, &home, UnknownHost::AcceptNew))
-        .await
-        .unwrap();
+    let (client, _events) = connect(options(&server, &home, UnknownHost::AcceptNew)).await.unwrap();
     client.close().await;
     let mut t = home.load_ticket(&server.addr, &alice).unwrap().unwrap();
     t.expires_at = Timestamp(1);
     home.save_ticket(&server.addr, &alice, &t).unwrap();
-    let (client, _events) = connect(options(&server, &home, UnknownHost::Refuse))
-        .await
-        .unwrap();
+    let (client, _events) = connect(options(&server, &home, UnknownHost::Refuse)).await.unwrap();
     assert_eq!(client.session().login, LoginKind::Password);
     client.close().await;
 }
@@ -316,9 +286,7 @@ async fn pushed_messages_are_deduplicated_pings_answered_and_acks_sent() {
     ];
     let dir = tempfile::tempdir().unwrap();
     let home = Home::at(dir.path());
-    let (client, mut events) = connect(options(&server, &home, UnknownHost::AcceptNew))
-        .await
-        .unwrap();
+    let (client, mut events) = connect(options(&server, &home, UnknownHost::AcceptNew)).await.unwrap();
     let mut ids = Vec::new();
     let mut receipts = 0;
     while ids.len() < 3 {
@@ -350,15 +318,10 @@ async fn a_server_close_ends_the_events_with_its_reason() {
     server.state().close_first = Some(CloseReason::new(ErrorCode::ShuttingDown, "restart"));
     let dir = tempfile::tempdir().unwrap();
     let home = Home::at(dir.path());
-    let (client, mut events) = connect(options(&server, &home, UnknownHost::AcceptNew))
-        .await
-        .unwrap();
+    let (client, mut events) = connect(options(&server, &home, UnknownHost::AcceptNew)).await.unwrap();
     loop {
         match next_event(&mut events).await {
-            Event::Disconnected {
-                reason,
-                reconnecting,
-            } => {
+            Event::Disconnected { reason, reconnecting } => {
                 assert_eq!(
                     reason,
                     Disconnect::Closed(CloseReason::new(ErrorCode::ShuttingDown, "restart"))
@@ -428,14 +391,10 @@ async fn a_reject_frame_is_reported_with_its_retry_advice() {
         text: "slow down".into(),
     });
     let dir = tempfile::tempdir().unwrap();
-    let err = connect(options(
-        &server,
-        &Home::at(dir.path()),
-        UnknownHost::AcceptNew,
-    ))
-    .await
-    .err()
-    .unwrap();
+    let err = connect(options(&server, &Home::at(dir.path()), UnknownHost::AcceptNew))
+        .await
+        .err()
+        .unwrap();
     assert_eq!(
         (err.exit_code(), err.code_name(), err.retry_after_ms()),
         (7, "rate_limited", Some(1500))
@@ -448,9 +407,7 @@ async fn logout_revokes_and_deletes_the_local_ticket() {
     let dir = tempfile::tempdir().unwrap();
     let home = Home::at(dir.path());
     let alice = UserName::parse("alice").unwrap();
-    let (client, mut events) = connect(options(&server, &home, UnknownHost::AcceptNew))
-        .await
-        .unwrap();
+    let (client, mut events) = connect(options(&server, &home, UnknownHost::AcceptNew)).await.unwrap();
     assert!(home.load_ticket(&server.addr, &alice).unwrap().is_some());
     client.logout().await.unwrap();
     assert!(home.load_ticket(&server.addr, &alice).unwrap().is_none());

@@ -96,7 +96,9 @@ fn records(size: usize) {
 fn cpu_now() -> Duration {
     // Thread CPU time, so the numbers exclude waiting.
     let mut ts = libc_timespec { tv_sec: 0, tv_nsec: 0 };
-    unsafe { clock_gettime(3 /* CLOCK_THREAD_CPUTIME_ID */, &mut ts) };
+    unsafe {
+        clock_gettime(3 /* CLOCK_THREAD_CPUTIME_ID */, &mut ts)
+    };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
@@ -126,7 +128,13 @@ fn handshakes() {
         black_box(key.sign(&mut rng, b"one signature alone"));
         sign_cpu += cpu_now() - t;
 
-        for ticket in [None, Some(ResumeTicket { id: [1; 16], secret: Zeroizing::new([2; 32]) })] {
+        for ticket in [
+            None,
+            Some(ResumeTicket {
+                id: [1; 16],
+                secret: Zeroizing::new([2; 32]),
+            }),
+        ] {
             let t = cpu_now();
             let (mut client, ch) = ClientHandshake::new(&mut rng, ticket.clone());
             let mut c = cpu_now() - t;
@@ -164,7 +172,11 @@ fn handshakes() {
         ms(sign_cpu) / ms(server_cpu) * 100.0,
         ms(client_cpu)
     );
-    println!("resumption handshake:               server {:.3} ms CPU, client {:.3} ms CPU", ms(resume_server), ms(resume_client));
+    println!(
+        "resumption handshake:               server {:.3} ms CPU, client {:.3} ms CPU",
+        ms(resume_server),
+        ms(resume_client)
+    );
 }
 
 fn main() {

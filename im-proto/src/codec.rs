@@ -70,7 +70,10 @@ pub struct SessionCodec {
 
 impl SessionCodec {
     pub fn new(session: Session) -> Self {
-        SessionCodec { session, scratch: Vec::new() }
+        SessionCodec {
+            session,
+            scratch: Vec::new(),
+        }
     }
 }
 

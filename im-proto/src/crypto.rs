@@ -61,7 +61,10 @@ pub fn hkdf_expand(prk: &[u8; 32], info: &[u8], out: &mut [u8]) {
 /// `SHA256:` plus unpadded base64 of SHA-256 over the SubjectPublicKeyInfo DER, the way
 /// OpenSSH prints fingerprints, so users can compare them the way they are used to.
 pub fn fingerprint(spki_der: &[u8]) -> String {
-    format!("SHA256:{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(sha256(&[spki_der])))
+    format!(
+        "SHA256:{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(sha256(&[spki_der]))
+    )
 }
 
 /// Blowfish in CTR mode with a 64-bit big-endian counter, positioned by block index.
@@ -132,7 +135,13 @@ mod tests {
                 "06a6b88c5853361a06104c9ceb35b45cef760014904671014a193f40c15fc244",
                 "b11e398dc80327a1c8e7f78c596a49344f012eda2d4efad8a050cc4c19afa97c59045a99cac7827271cb41c65e590e09da3275600c2f09b8367793a9aca3db71cc30c58179ec3e87c14c01d5c1f3434f1d87",
             ),
-            ("0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b", "", "", "19ef24a32c717b167f33a91d6f648bdf96596776afdb6377ac434c1c293ccb04", "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8"),
+            (
+                "0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b",
+                "",
+                "",
+                "19ef24a32c717b167f33a91d6f648bdf96596776afdb6377ac434c1c293ccb04",
+                "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8",
+            ),
         ];
         for (ikm, salt, info, prk_want, okm_want) in cases {
             let prk = hkdf_extract(&h(salt), &h(ikm));

@@ -57,7 +57,11 @@ impl FrameType {
     }
 
     fn max_payload(self) -> usize {
-        if self.is_record() { MAX_FRAME_PAYLOAD } else { MAX_HANDSHAKE_PAYLOAD }
+        if self.is_record() {
+            MAX_FRAME_PAYLOAD
+        } else {
+            MAX_HANDSHAKE_PAYLOAD
+        }
     }
 }
 
@@ -81,7 +85,12 @@ pub enum FrameError {
     #[error("reserved flags {0:#06x} set")]
     BadFlags(u16),
     #[error("{frame_type:?} frame of {len} bytes is outside the allowed {min}..={max}")]
-    BadLength { frame_type: FrameType, len: u32, min: usize, max: usize },
+    BadLength {
+        frame_type: FrameType,
+        len: u32,
+        min: usize,
+        max: usize,
+    },
     #[error("handshake frame with key epoch {0}")]
     BadEpoch(u16),
 }
@@ -89,7 +98,12 @@ pub enum FrameError {
 impl Header {
     pub fn new(frame_type: FrameType, epoch: u16, seq: u32, len: usize) -> Header {
         debug_assert!(len <= frame_type.max_payload());
-        Header { frame_type, epoch, seq, len: len as u32 }
+        Header {
+            frame_type,
+            epoch,
+            seq,
+            len: len as u32,
+        }
     }
 
     pub fn encode(&self) -> [u8; HEADER_LEN] {
@@ -119,14 +133,28 @@ impl Header {
             return Err(FrameError::BadFlags(be16(4)));
         }
         let (epoch, seq, len) = (be16(6), be32(8), be32(12));
-        let (min, max) = if frame_type.is_record() { (TAG_LEN, MAX_FRAME_PAYLOAD) } else { (0, MAX_HANDSHAKE_PAYLOAD) };
+        let (min, max) = if frame_type.is_record() {
+            (TAG_LEN, MAX_FRAME_PAYLOAD)
+        } else {
+            (0, MAX_HANDSHAKE_PAYLOAD)
+        };
         if (len as usize) < min || len as usize > max {
-            return Err(FrameError::BadLength { frame_type, len, min, max });
+            return Err(FrameError::BadLength {
+                frame_type,
+                len,
+                min,
+                max,
+            });
         }
         if !frame_type.is_record() && epoch != 0 {
             return Err(FrameError::BadEpoch(epoch));
         }
-        Ok(Header { frame_type, epoch, seq, len })
+        Ok(Header {
+            frame_type,
+            epoch,
+            seq,
+            len,
+        })
     }
 }
 
@@ -192,7 +220,11 @@ impl FrameDecoder {
             return Ok(None);
         }
         self.pending = None;
-        Ok(Some(Frame { header, raw_header, payload: buf.split_to(len) }))
+        Ok(Some(Frame {
+            header,
+            raw_header,
+            payload: buf.split_to(len),
+        }))
     }
 
     /// True when a frame has been started but not finished: a stream ending now was cut.

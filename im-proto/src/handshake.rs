@@ -67,7 +67,11 @@ pub enum HandshakeError {
     #[error("Finished MAC does not verify (tampered handshake, or wrong ticket secret)")]
     BadFinished,
     #[error("server refused the connection: {text} (code {code}{})", retry_after_ms.map(|ms| format!(", retry after {ms} ms")).unwrap_or_default())]
-    Rejected { code: u16, retry_after_ms: Option<u32>, text: String },
+    Rejected {
+        code: u16,
+        retry_after_ms: Option<u32>,
+        text: String,
+    },
     #[error(transparent)]
     Record(#[from] RecordError),
 }
@@ -95,7 +99,10 @@ pub struct ResumeTicket {
 
 impl std::fmt::Debug for ResumeTicket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResumeTicket").field("id", &hex_short(&self.id)).field("secret", &"<redacted>").finish()
+        f.debug_struct("ResumeTicket")
+            .field("id", &hex_short(&self.id))
+            .field("secret", &"<redacted>")
+            .finish()
     }
 }
 
@@ -134,19 +141,35 @@ impl ClientHello {
         let mut r = Reader::new(b);
         let nv = usize::from(r.u8("versions count")?);
         if nv == 0 || nv > MAX_OFFERS {
-            return Err(WireError::Invalid { field: "versions count", value: nv as u64 });
+            return Err(WireError::Invalid {
+                field: "versions count",
+                value: nv as u64,
+            });
         }
         let versions = r.bytes("versions", nv)?.to_vec();
         let ns = usize::from(r.u8("suites count")?);
         if ns == 0 || ns > MAX_OFFERS {
-            return Err(WireError::Invalid { field: "suites count", value: ns as u64 });
+            return Err(WireError::Invalid {
+                field: "suites count",
+                value: ns as u64,
+            });
         }
         let suites = (0..ns).map(|_| r.u16("suite")).collect::<Result<_, _>>()?;
         let random = r.array("client random")?;
         let share = r.array("client share")?;
-        let ticket = if r.bool("has ticket")? { Some(r.array("ticket id")?) } else { None };
+        let ticket = if r.bool("has ticket")? {
+            Some(r.array("ticket id")?)
+        } else {
+            None
+        };
         r.finish()?;
-        Ok(ClientHello { versions, suites, random, share, ticket })
+        Ok(ClientHello {
+            versions,
+            suites,
+            random,
+            share,
+            ticket,
+        })
     }
 }
 
@@ -161,7 +184,12 @@ pub struct ServerHello {
 
 impl ServerHello {
     pub fn encode(&self, out: &mut Vec<u8>) {
-        Writer::new(out).u8(self.version).u16(self.suite).bytes(&self.random).bytes(&self.share).bool(self.resumed);
+        Writer::new(out)
+            .u8(self.version)
+            .u16(self.suite)
+            .bytes(&self.random)
+            .bytes(&self.share)
+            .bool(self.resumed);
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, WireError> {
@@ -216,7 +244,11 @@ impl Reject {
 
     pub fn decode(b: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader::new(b);
-        let rej = Reject { code: r.u16("code")?, retry_after_ms: r.u32("retry after")?, text: r.str("text", MAX_REASON)?.to_owned() };
+        let rej = Reject {
+            code: r.u16("code")?,
+            retry_after_ms: r.u32("retry after")?,
+            text: r.str("text", MAX_REASON)?.to_owned(),
+        };
         r.finish()?;
         Ok(rej)
     }
@@ -261,10 +293,16 @@ fn expect(frame: &Frame, frame_type: FrameType, seq: u32, expected: &'static str
         return Err(rej.into_error());
     }
     if frame.header.frame_type != frame_type {
-        return Err(HandshakeError::UnexpectedFrame { expected, got: frame.header.frame_type });
+        return Err(HandshakeError::UnexpectedFrame {
+            expected,
+            got: frame.header.frame_type,
+        });
     }
     if frame.header.seq != seq {
-        return Err(HandshakeError::Sequence { expected: seq, got: frame.header.seq });
+        return Err(HandshakeError::Sequence {
+            expected: seq,
+            got: frame.header.seq,
+        });
     }
     Ok(())
 }
@@ -288,8 +326,17 @@ pub struct ClientEstablished {
 
 enum ClientState {
     ExpectServerHello,
-    ExpectServerAuth { hello: ServerHello, sh_frame: Vec<u8> },
-    ExpectFinished { secrets: HandshakeSecrets, th: [u8; 32], host_key: Option<Vec<u8>>, resumed: bool, seq: u32 },
+    ExpectServerAuth {
+        hello: ServerHello,
+        sh_frame: Vec<u8>,
+    },
+    ExpectFinished {
+        secrets: HandshakeSecrets,
+        th: [u8; 32],
+        host_key: Option<Vec<u8>>,
+        resumed: bool,
+        seq: u32,
+    },
     Done,
 }
 
@@ -316,7 +363,12 @@ impl ClientHandshake {
 
     /// Starts a handshake from explicit inputs: used by the test vectors and by tests that
     /// lower the rekey thresholds.
-    pub fn with_inputs(random: [u8; 32], ephemeral: [u8; 32], ticket: Option<ResumeTicket>, policy: RekeyPolicy) -> (Self, Vec<u8>) {
+    pub fn with_inputs(
+        random: [u8; 32],
+        ephemeral: [u8; 32],
+        ticket: Option<ResumeTicket>,
+        policy: RekeyPolicy,
+    ) -> (Self, Vec<u8>) {
         let ephemeral = StaticSecret::from(ephemeral);
         let hello = ClientHello {
             versions: VERSIONS.to_vec(),
@@ -328,7 +380,15 @@ impl ClientHandshake {
         let ch_frame = plaintext_frame(FrameType::ClientHello, 0, |b| hello.encode(b));
         let mut transcript = Transcript::default();
         transcript.add(&ch_frame);
-        let hs = ClientHandshake { state: ClientState::ExpectServerHello, hello, ch_frame: ch_frame.clone(), transcript, ephemeral, ticket, policy };
+        let hs = ClientHandshake {
+            state: ClientState::ExpectServerHello,
+            hello,
+            ch_frame: ch_frame.clone(),
+            transcript,
+            ephemeral,
+            ticket,
+            policy,
+        };
         (hs, ch_frame)
     }
 
@@ -340,7 +400,10 @@ impl ClientHandshake {
                 expect(&frame, FrameType::ServerHello, 0, "ServerHello")?;
                 let hello = ServerHello::decode(&frame.payload)?;
                 if !self.hello.versions.contains(&hello.version) || !self.hello.suites.contains(&hello.suite) {
-                    return Err(HandshakeError::NotOffered { version: hello.version, suite: hello.suite });
+                    return Err(HandshakeError::NotOffered {
+                        version: hello.version,
+                        suite: hello.suite,
+                    });
                 }
                 let sh_frame = frame.to_bytes();
                 self.transcript.add(&sh_frame);
@@ -349,7 +412,13 @@ impl ClientHandshake {
                     let th = self.transcript.hash();
                     let dh = self.ephemeral.diffie_hellman(&DhPublic::from(hello.share));
                     let secrets = HandshakeSecrets::derive(&th, dh.as_bytes(), Some(&ticket.secret));
-                    self.state = ClientState::ExpectFinished { secrets, th, host_key: None, resumed: true, seq: 1 };
+                    self.state = ClientState::ExpectFinished {
+                        secrets,
+                        th,
+                        host_key: None,
+                        resumed: true,
+                        seq: 1,
+                    };
                 } else {
                     self.state = ClientState::ExpectServerAuth { hello, sh_frame };
                 }
@@ -365,12 +434,27 @@ impl ClientHandshake {
                 let th = self.transcript.hash();
                 let dh = self.ephemeral.diffie_hellman(&DhPublic::from(hello.share));
                 let secrets = HandshakeSecrets::derive(&th, dh.as_bytes(), None);
-                self.state = ClientState::ExpectFinished { secrets, th, host_key: Some(auth.host_key), resumed: false, seq: 2 };
+                self.state = ClientState::ExpectFinished {
+                    secrets,
+                    th,
+                    host_key: Some(auth.host_key),
+                    resumed: false,
+                    seq: 2,
+                };
                 Ok(None)
             }
-            ClientState::ExpectFinished { secrets, th, host_key, resumed, seq } => {
+            ClientState::ExpectFinished {
+                secrets,
+                th,
+                host_key,
+                resumed,
+                seq,
+            } => {
                 if frame.header.frame_type != FrameType::Finished {
-                    return Err(HandshakeError::UnexpectedFrame { expected: "Finished", got: frame.header.frame_type });
+                    return Err(HandshakeError::UnexpectedFrame {
+                        expected: "Finished",
+                        got: frame.header.frame_type,
+                    });
                 }
                 let mut opener = Opener::new(secrets.s2c.clone(), seq, self.policy);
                 let server_mac = opener.open(frame)?;
@@ -379,7 +463,11 @@ impl ClientHandshake {
                 }
                 let mut sealer = Sealer::new(secrets.c2s.clone(), 1, self.policy);
                 let mut finished = Vec::new();
-                sealer.seal(FrameType::Finished, &client_finished_mac(&secrets, &th, &server_mac), &mut finished)?;
+                sealer.seal(
+                    FrameType::Finished,
+                    &client_finished_mac(&secrets, &th, &server_mac),
+                    &mut finished,
+                )?;
                 Ok(Some(ClientEstablished {
                     session: Session::new(sealer, opener),
                     finished,
@@ -388,7 +476,10 @@ impl ClientHandshake {
                     exporter: secrets.exporter,
                 }))
             }
-            ClientState::Done => Err(HandshakeError::UnexpectedFrame { expected: "nothing (handshake over)", got: frame.header.frame_type }),
+            ClientState::Done => Err(HandshakeError::UnexpectedFrame {
+                expected: "nothing (handshake over)",
+                got: frame.header.frame_type,
+            }),
         }
     }
 }
@@ -402,12 +493,26 @@ impl ServerHandshake {
     pub fn read_client_hello(frame: Frame) -> Result<ClientHelloReceived, HandshakeError> {
         expect(&frame, FrameType::ClientHello, 0, "ClientHello")?;
         let hello = ClientHello::decode(&frame.payload)?;
-        let version = VERSIONS.iter().copied().find(|v| hello.versions.contains(v)).ok_or_else(|| HandshakeError::NoCommonVersion(hello.versions.clone()))?;
-        let suite = SUITES.iter().copied().find(|s| hello.suites.contains(s)).ok_or_else(|| HandshakeError::NoCommonSuite(hello.suites.clone()))?;
+        let version = VERSIONS
+            .iter()
+            .copied()
+            .find(|v| hello.versions.contains(v))
+            .ok_or_else(|| HandshakeError::NoCommonVersion(hello.versions.clone()))?;
+        let suite = SUITES
+            .iter()
+            .copied()
+            .find(|s| hello.suites.contains(s))
+            .ok_or_else(|| HandshakeError::NoCommonSuite(hello.suites.clone()))?;
         let ch_frame = frame.to_bytes();
         let mut transcript = Transcript::default();
         transcript.add(&ch_frame);
-        Ok(ClientHelloReceived { hello, ch_frame, transcript, version, suite })
+        Ok(ClientHelloReceived {
+            hello,
+            ch_frame,
+            transcript,
+            version,
+            suite,
+        })
     }
 }
 
@@ -430,7 +535,11 @@ pub struct ServerInputs {
 
 impl ServerInputs {
     pub fn random(rng: &mut (impl rand::CryptoRng + ?Sized)) -> Self {
-        let mut s = ServerInputs { random: [0; 32], ephemeral: Zeroizing::new([0; 32]), policy: RekeyPolicy::default() };
+        let mut s = ServerInputs {
+            random: [0; 32],
+            ephemeral: Zeroizing::new([0; 32]),
+            policy: RekeyPolicy::default(),
+        };
         rng.fill_bytes(&mut s.random);
         rng.fill_bytes(&mut *s.ephemeral);
         s
@@ -444,7 +553,13 @@ impl ClientHelloReceived {
     }
 
     fn server_hello(&self, inputs: &ServerInputs, secret: &StaticSecret, resumed: bool) -> Vec<u8> {
-        let hello = ServerHello { version: self.version, suite: self.suite, random: inputs.random, share: DhPublic::from(secret).to_bytes(), resumed };
+        let hello = ServerHello {
+            version: self.version,
+            suite: self.suite,
+            random: inputs.random,
+            share: DhPublic::from(secret).to_bytes(),
+            resumed,
+        };
         plaintext_frame(FrameType::ServerHello, 0, |b| hello.encode(b))
     }
 
@@ -458,11 +573,19 @@ impl ClientHelloReceived {
 
     /// A full handshake: signs the transcript with the host key (about 2 ms of CPU for
     /// RSA-3072: keep it off the reactor). Returns the frames to send.
-    pub fn full(mut self, inputs: ServerInputs, host_key: &RsaSigner, rng: &mut (impl rand::CryptoRng + ?Sized)) -> (ExpectClientFinished, Vec<u8>) {
+    pub fn full(
+        mut self,
+        inputs: ServerInputs,
+        host_key: &RsaSigner,
+        rng: &mut (impl rand::CryptoRng + ?Sized),
+    ) -> (ExpectClientFinished, Vec<u8>) {
         let secret = StaticSecret::from(*inputs.ephemeral);
         let mut out = self.server_hello(&inputs, &secret, false);
         let signature = host_key.sign(rng, &server_auth_message(&self.ch_frame, &out, host_key.public_der()));
-        let auth = ServerAuth { host_key: host_key.public_der().to_vec(), signature };
+        let auth = ServerAuth {
+            host_key: host_key.public_der().to_vec(),
+            signature,
+        };
         let sa_frame = plaintext_frame(FrameType::ServerAuth, 1, |b| auth.encode(b));
         self.transcript.add(&out);
         self.transcript.add(&sa_frame);
@@ -470,16 +593,34 @@ impl ClientHelloReceived {
         self.finish(inputs.policy, &secret, None, 2, &mut out)
     }
 
-    fn finish(self, policy: RekeyPolicy, secret: &StaticSecret, psk: Option<&[u8; 32]>, seq: u32, out: &mut Vec<u8>) -> (ExpectClientFinished, Vec<u8>) {
+    fn finish(
+        self,
+        policy: RekeyPolicy,
+        secret: &StaticSecret,
+        psk: Option<&[u8; 32]>,
+        seq: u32,
+        out: &mut Vec<u8>,
+    ) -> (ExpectClientFinished, Vec<u8>) {
         let th = self.transcript.hash();
         let dh = secret.diffie_hellman(&DhPublic::from(self.hello.share));
         let secrets = HandshakeSecrets::derive(&th, dh.as_bytes(), psk);
         let server_mac = hmac_sha256(&secrets.s_finished[..], &[&th]);
         let mut sealer = Sealer::new(secrets.s2c.clone(), seq, policy);
-        sealer.seal(FrameType::Finished, &server_mac, out).expect("a 32-byte Finished record always seals");
+        sealer
+            .seal(FrameType::Finished, &server_mac, out)
+            .expect("a 32-byte Finished record always seals");
         let opener = Opener::new(secrets.c2s.clone(), 1, policy);
         let expect_mac = client_finished_mac(&secrets, &th, &server_mac);
-        (ExpectClientFinished { sealer, opener, expect_mac, resumed: psk.is_some(), exporter: secrets.exporter }, std::mem::take(out))
+        (
+            ExpectClientFinished {
+                sealer,
+                opener,
+                expect_mac,
+                resumed: psk.is_some(),
+                exporter: secrets.exporter,
+            },
+            std::mem::take(out),
+        )
     }
 }
 
@@ -495,7 +636,9 @@ pub struct ExpectClientFinished {
 
 impl std::fmt::Debug for ClientEstablished {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientEstablished").field("resumed", &self.resumed).finish_non_exhaustive()
+        f.debug_struct("ClientEstablished")
+            .field("resumed", &self.resumed)
+            .finish_non_exhaustive()
     }
 }
 
@@ -509,13 +652,20 @@ pub struct ServerEstablished {
 impl ExpectClientFinished {
     pub fn read_finished(mut self, frame: Frame) -> Result<ServerEstablished, HandshakeError> {
         if frame.header.frame_type != FrameType::Finished {
-            return Err(HandshakeError::UnexpectedFrame { expected: "Finished", got: frame.header.frame_type });
+            return Err(HandshakeError::UnexpectedFrame {
+                expected: "Finished",
+                got: frame.header.frame_type,
+            });
         }
         let mac = self.opener.open(frame)?;
         if !subtle_eq(&mac, &self.expect_mac) {
             return Err(HandshakeError::BadFinished);
         }
-        Ok(ServerEstablished { session: Session::new(self.sealer, self.opener), resumed: self.resumed, exporter: self.exporter })
+        Ok(ServerEstablished {
+            session: Session::new(self.sealer, self.opener),
+            resumed: self.resumed,
+            exporter: self.exporter,
+        })
     }
 }
 

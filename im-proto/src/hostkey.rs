@@ -43,8 +43,14 @@ impl RsaSigner {
     fn from_key(key: PrivateKey) -> Result<Self, KeyError> {
         let public = key.to_public_key();
         check_size(&public)?;
-        let public_der = public.to_public_key_der().map_err(|e| KeyError::Rsa(e.to_string()))?.into_vec();
-        Ok(RsaSigner { key: SigningKey::new(key), public_der })
+        let public_der = public
+            .to_public_key_der()
+            .map_err(|e| KeyError::Rsa(e.to_string()))?
+            .into_vec();
+        Ok(RsaSigner {
+            key: SigningKey::new(key),
+            public_der,
+        })
     }
 
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self, KeyError> {
@@ -54,7 +60,10 @@ impl RsaSigner {
 
     /// PKCS#8 PEM of the private key, zeroized when dropped; write it with mode 0600.
     pub fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>, KeyError> {
-        self.key.as_ref().to_pkcs8_pem(LineEnding::LF).map_err(|e| KeyError::Rsa(e.to_string()))
+        self.key
+            .as_ref()
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| KeyError::Rsa(e.to_string()))
     }
 
     /// SubjectPublicKeyInfo DER of the public key: what goes on the wire and what the
@@ -91,7 +100,9 @@ pub fn verify_rsa_pss(spki: &[u8], msg: &[u8], sig: &[u8]) -> Result<(), KeyErro
     let key = PublicKey::from_public_key_der(spki).map_err(|e| KeyError::Parse(e.to_string()))?;
     check_size(&key)?;
     let sig = Signature::try_from(sig).map_err(|e| KeyError::Rsa(e.to_string()))?;
-    VerifyingKey::<Sha256>::new(key).verify(msg, &sig).map_err(|e| KeyError::Rsa(e.to_string()))
+    VerifyingKey::<Sha256>::new(key)
+        .verify(msg, &sig)
+        .map_err(|e| KeyError::Rsa(e.to_string()))
 }
 
 /// Checks that `spki` is an acceptable RSA public key (parses, size in range).
@@ -103,5 +114,8 @@ pub fn check_public_key(spki: &[u8]) -> Result<(), KeyError> {
 /// Convenience for tests and tools: the public key of a PEM file as SPKI DER.
 pub fn public_pem_to_der(pem: &str) -> Result<Vec<u8>, KeyError> {
     let key = PublicKey::from_public_key_pem(pem).map_err(|e| KeyError::Parse(e.to_string()))?;
-    Ok(key.to_public_key_der().map_err(|e| KeyError::Rsa(e.to_string()))?.into_vec())
+    Ok(key
+        .to_public_key_der()
+        .map_err(|e| KeyError::Rsa(e.to_string()))?
+        .into_vec())
 }

@@ -53,7 +53,11 @@ impl TrafficSecret {
         hkdf_expand(&self.0, LABEL_KEY, &mut *enc);
         let mut iv = [0u8; BLOCK_LEN];
         hkdf_expand(&self.0, LABEL_IV, &mut iv);
-        EpochKeys { enc, mac: expand32(&self.0, LABEL_MAC), iv }
+        EpochKeys {
+            enc,
+            mac: expand32(&self.0, LABEL_MAC),
+            iv,
+        }
     }
 
     pub fn ratchet(&self) -> TrafficSecret {

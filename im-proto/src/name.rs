@@ -11,9 +11,13 @@ use crate::limits::{MAX_ROOM_NAME, MAX_USER_NAME};
 /// Why a string is not a valid name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
-    #[error("user names are 1 to {MAX_USER_NAME} characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit: {0:?}")]
+    #[error(
+        "user names are 1 to {MAX_USER_NAME} characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit: {0:?}"
+    )]
     User(String),
-    #[error("room names are '#' and 1 to {MAX_ROOM_NAME} characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit: {0:?}")]
+    #[error(
+        "room names are '#' and 1 to {MAX_ROOM_NAME} characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit: {0:?}"
+    )]
     Room(String),
 }
 
@@ -131,7 +135,10 @@ mod tests {
 
     #[test]
     fn targets_split_on_hash() {
-        assert_eq!(Target::parse("#a").unwrap(), Target::Room(RoomName::parse("#a").unwrap()));
+        assert_eq!(
+            Target::parse("#a").unwrap(),
+            Target::Room(RoomName::parse("#a").unwrap())
+        );
         assert_eq!(Target::parse("B").unwrap(), Target::User(UserName::parse("b").unwrap()));
     }
 }

@@ -51,7 +51,11 @@ pub struct RekeyPolicy {
 
 impl Default for RekeyPolicy {
     fn default() -> Self {
-        RekeyPolicy { after_blocks: REKEY_AFTER_BLOCKS, after_records: REKEY_AFTER_RECORDS, ceiling_blocks: KEY_BLOCK_CEILING }
+        RekeyPolicy {
+            after_blocks: REKEY_AFTER_BLOCKS,
+            after_records: REKEY_AFTER_RECORDS,
+            ceiling_blocks: KEY_BLOCK_CEILING,
+        }
     }
 }
 
@@ -91,12 +95,22 @@ impl Clone for Direction {
 impl Direction {
     fn new(secret: TrafficSecret, first_seq: u32) -> Self {
         let keys = secret.keys();
-        Direction { secret, keys, cipher: None, epoch: 0, blocks: 0, records: 0, seq: first_seq, seq_exhausted: false }
+        Direction {
+            secret,
+            keys,
+            cipher: None,
+            epoch: 0,
+            blocks: 0,
+            records: 0,
+            seq: first_seq,
+            seq_exhausted: false,
+        }
     }
 
     fn cipher(&mut self) -> &mut BlowfishCtr {
         let keys = &self.keys;
-        self.cipher.get_or_insert_with(|| Box::new(BlowfishCtr::new(&keys.enc, &keys.iv)))
+        self.cipher
+            .get_or_insert_with(|| Box::new(BlowfishCtr::new(&keys.enc, &keys.iv)))
     }
 
     fn ratchet(&mut self) -> Result<(), RecordError> {
@@ -131,7 +145,10 @@ pub struct Sealer {
 
 impl Sealer {
     pub fn new(secret: TrafficSecret, first_seq: u32, policy: RekeyPolicy) -> Self {
-        Sealer { dir: Direction::new(secret, first_seq), policy }
+        Sealer {
+            dir: Direction::new(secret, first_seq),
+            policy,
+        }
     }
 
     /// Appends one sealed record frame to `out`.
@@ -186,7 +203,10 @@ pub struct Opener {
 
 impl Opener {
     pub fn new(secret: TrafficSecret, first_seq: u32, policy: RekeyPolicy) -> Self {
-        Opener { dir: Direction::new(secret, first_seq), policy }
+        Opener {
+            dir: Direction::new(secret, first_seq),
+            policy,
+        }
     }
 
     /// Authenticates and decrypts one record frame in place, returning its plaintext. Any
@@ -198,7 +218,10 @@ impl Opener {
             return Err(RecordError::NotRecord(h.frame_type));
         }
         if self.dir.seq_exhausted || h.seq != self.dir.seq {
-            return Err(RecordError::Sequence { expected: self.dir.seq, got: h.seq });
+            return Err(RecordError::Sequence {
+                expected: self.dir.seq,
+                got: h.seq,
+            });
         }
         let next_epoch = u32::from(self.dir.epoch) + 1;
         let ratcheted = if h.epoch == self.dir.epoch {
@@ -208,13 +231,19 @@ impl Opener {
             d.ratchet()?;
             Some(d)
         } else {
-            return Err(RecordError::Epoch { current: self.dir.epoch, next: next_epoch, got: h.epoch });
+            return Err(RecordError::Epoch {
+                current: self.dir.epoch,
+                next: next_epoch,
+                got: h.epoch,
+            });
         };
         let dir = ratcheted.as_ref().unwrap_or(&self.dir);
         let mut payload = frame.payload;
         // The frame decoder guarantees at least TAG_LEN bytes for record frames; check anyway
         // so this function stays total for frames built by hand.
-        let Some(ct_len) = payload.len().checked_sub(TAG_LEN) else { return Err(RecordError::BadMac) };
+        let Some(ct_len) = payload.len().checked_sub(TAG_LEN) else {
+            return Err(RecordError::BadMac);
+        };
         let (ct, tag) = payload.split_at(ct_len);
         if !hmac_sha256_verify(&dir.keys.mac[..], &[&frame.raw_header, ct], tag) {
             return Err(RecordError::BadMac);

@@ -44,7 +44,13 @@ pub struct Session {
 
 impl Session {
     pub(crate) fn new(sealer: Sealer, opener: Opener) -> Self {
-        Session { sealer, opener, decoder: FrameDecoder::new(), peer_closed: false, we_closed: false }
+        Session {
+            sealer,
+            opener,
+            decoder: FrameDecoder::new(),
+            peer_closed: false,
+            we_closed: false,
+        }
     }
 
     /// Appends a sealed Data record carrying `plaintext` (one encoded message) to `out`.

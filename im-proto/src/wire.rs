@@ -12,9 +12,17 @@ use crate::limits::MAX_ID;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     #[error("truncated: {field} needs {need} more bytes, {have} left")]
-    Truncated { field: &'static str, need: usize, have: usize },
+    Truncated {
+        field: &'static str,
+        need: usize,
+        have: usize,
+    },
     #[error("{field} is {len} long, the limit is {max}")]
-    TooLong { field: &'static str, len: usize, max: usize },
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
     #[error("{field} is not valid UTF-8")]
     Utf8 { field: &'static str },
     #[error("{field} has invalid value {value}")]
@@ -42,12 +50,20 @@ impl<'a> Reader<'a> {
     /// Fails unless every byte was consumed: trailing garbage is an error, not ignored, so
     /// two implementations can never disagree about what a message meant.
     pub fn finish(self) -> Result<(), WireError> {
-        if self.buf.is_empty() { Ok(()) } else { Err(WireError::Trailing(self.buf.len())) }
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(WireError::Trailing(self.buf.len()))
+        }
     }
 
     pub fn bytes(&mut self, field: &'static str, n: usize) -> Result<&'a [u8], WireError> {
         if self.buf.len() < n {
-            return Err(WireError::Truncated { field, need: n, have: self.buf.len() });
+            return Err(WireError::Truncated {
+                field,
+                need: n,
+                have: self.buf.len(),
+            });
         }
         let (head, tail) = self.buf.split_at(n);
         self.buf = tail;
@@ -114,7 +130,11 @@ impl<'a> Reader<'a> {
         let n = usize::from(self.u16(field)?);
         let backed = self.remaining() / min_item.max(1);
         if n > max || n > backed {
-            return Err(WireError::TooLong { field, len: n, max: max.min(backed) });
+            return Err(WireError::TooLong {
+                field,
+                len: n,
+                max: max.min(backed),
+            });
         }
         Ok(n)
     }

@@ -14,14 +14,27 @@ use im_proto::session::Session;
 use proptest::prelude::*;
 
 fn frame_strategy() -> impl Strategy<Value = (FrameType, u16, u32, Vec<u8>)> {
-    let ty = prop_oneof![Just(FrameType::ClientHello), Just(FrameType::ServerAuth), Just(FrameType::Reject), Just(FrameType::Data), Just(FrameType::Close)];
-    (ty, any::<u16>(), any::<u32>(), prop::collection::vec(any::<u8>(), 32..600)).prop_map(|(t, e, s, p)| (t, if t.is_record() { e } else { 0 }, s, p))
+    let ty = prop_oneof![
+        Just(FrameType::ClientHello),
+        Just(FrameType::ServerAuth),
+        Just(FrameType::Reject),
+        Just(FrameType::Data),
+        Just(FrameType::Close)
+    ];
+    (
+        ty,
+        any::<u16>(),
+        any::<u32>(),
+        prop::collection::vec(any::<u8>(), 32..600),
+    )
+        .prop_map(|(t, e, s, p)| (t, if t.is_record() { e } else { 0 }, s, p))
 }
 
 /// One established server session, forked per case (no handshake per case).
 fn server_session() -> Session {
     static S: OnceLock<Session> = OnceLock::new();
-    S.get_or_init(|| handshake(Some(ticket()), true, RekeyPolicy::default()).server.session).clone()
+    S.get_or_init(|| handshake(Some(ticket()), true, RekeyPolicy::default()).server.session)
+        .clone()
 }
 
 proptest! {

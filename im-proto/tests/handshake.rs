@@ -61,7 +61,10 @@ fn resumption_with_the_wrong_secret_fails_finished() {
     let (_, s2c) = received.resume(server_inputs(1, policy()), &[43; 32]);
     let mut fs = frames(&s2c).into_iter();
     assert!(client.handle(fs.next().unwrap()).unwrap().is_none());
-    assert!(matches!(client.handle(fs.next().unwrap()), Err(HandshakeError::Record(_) | HandshakeError::BadFinished)));
+    assert!(matches!(
+        client.handle(fs.next().unwrap()),
+        Err(HandshakeError::Record(_) | HandshakeError::BadFinished)
+    ));
 }
 
 #[test]
@@ -131,7 +134,13 @@ fn server_choosing_an_unoffered_suite_is_refused() {
         write_frame(&mut raw, FrameType::ServerHello, 0, 0, &payload);
         fs[0] = frames(&raw).remove(0);
     });
-    assert_eq!(err, Err(HandshakeError::NotOffered { version: 1, suite: 0x9999 }));
+    assert_eq!(
+        err,
+        Err(HandshakeError::NotOffered {
+            version: 1,
+            suite: 0x9999
+        })
+    );
 }
 
 #[test]
@@ -151,13 +160,22 @@ fn downgrading_the_client_offer_breaks_the_signature() {
     let (_, s2c) = received.full(server_inputs(1, policy()), host_key(), &mut rng());
     let mut fs = frames(&s2c).into_iter();
     client.handle(fs.next().unwrap()).unwrap();
-    assert_eq!(client.handle(fs.next().unwrap()).err(), Some(HandshakeError::BadSignature));
+    assert_eq!(
+        client.handle(fs.next().unwrap()).err(),
+        Some(HandshakeError::BadSignature)
+    );
 }
 
 #[test]
 fn no_common_version_or_suite() {
     let hello = |versions: Vec<u8>, suites: Vec<u16>| {
-        let h = ClientHello { versions, suites, random: [0; 32], share: [9; 32], ticket: None };
+        let h = ClientHello {
+            versions,
+            suites,
+            random: [0; 32],
+            share: [9; 32],
+            ticket: None,
+        };
         let mut payload = Vec::new();
         h.encode(&mut payload);
         let mut raw = Vec::new();
@@ -172,15 +190,30 @@ fn no_common_version_or_suite() {
 fn reject_frame_reaches_the_client_as_an_error() {
     let (r, e) = client_inputs(1);
     let (mut client, _) = ClientHandshake::with_inputs(r, e, None, policy());
-    let raw = Reject { code: 14, retry_after_ms: 1500, text: "too many handshakes".into() }.to_frame();
+    let raw = Reject {
+        code: 14,
+        retry_after_ms: 1500,
+        text: "too many handshakes".into(),
+    }
+    .to_frame();
     let err = client.handle(frames(&raw).remove(0)).unwrap_err();
-    assert_eq!(err, HandshakeError::Rejected { code: 14, retry_after_ms: Some(1500), text: "too many handshakes".into() });
+    assert_eq!(
+        err,
+        HandshakeError::Rejected {
+            code: 14,
+            retry_after_ms: Some(1500),
+            text: "too many handshakes".into()
+        }
+    );
 }
 
 #[test]
 fn handshake_frames_out_of_order_or_mis_sequenced() {
     // ServerAuth before ServerHello.
-    assert!(matches!(client_against(|fs| fs.swap(0, 1)), Err(HandshakeError::UnexpectedFrame { .. })));
+    assert!(matches!(
+        client_against(|fs| fs.swap(0, 1)),
+        Err(HandshakeError::UnexpectedFrame { .. })
+    ));
     // A ServerHello with sequence number 1 (as if a frame before it had been dropped).
     let err = client_against(|fs| {
         let payload = fs[0].payload.to_vec();
@@ -207,7 +240,11 @@ fn clean_close_and_nothing_after_it() {
     let mut wire = Vec::new();
     fork.client.session.seal_close(b"bye", &mut wire).unwrap();
     let mut more = Vec::new();
-    handshake(None, false, policy()).client.session.seal(b"x", &mut more).unwrap();
+    handshake(None, false, policy())
+        .client
+        .session
+        .seal(b"x", &mut more)
+        .unwrap();
     wire.extend_from_slice(&more);
     let err = read_all(&mut fork.server.session, &wire).unwrap_err();
     assert!(err.contains("after the peer's Close"), "{err}");

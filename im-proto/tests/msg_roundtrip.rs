@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 
 use im_proto::limits::{
-    MAX_CLIENT_ID, MAX_DEVICE_NAME, MAX_ID, MAX_PAGE, MAX_PASSWORD, MAX_PUBLIC_KEY_DER, MAX_REASON,
-    MAX_SIGNATURE, MAX_STATUS_TEXT, MAX_TEXT, MAX_TOPIC, TICKET_ID_LEN,
+    MAX_CLIENT_ID, MAX_DEVICE_NAME, MAX_ID, MAX_PAGE, MAX_PASSWORD, MAX_PUBLIC_KEY_DER, MAX_REASON, MAX_SIGNATURE,
+    MAX_STATUS_TEXT, MAX_TEXT, MAX_TOPIC, TICKET_ID_LEN,
 };
 use im_proto::msg::*;
 use im_proto::wire::WireError;
@@ -124,12 +124,10 @@ fn chat_message() -> impl Strategy<Value = ChatMessage> {
 }
 
 fn presence_info() -> impl Strategy<Value = PresenceInfo> {
-    (user(), presence(), opt_text(MAX_STATUS_TEXT)).prop_map(|(user, presence, text)| {
-        PresenceInfo {
-            user,
-            presence,
-            text,
-        }
+    (user(), presence(), opt_text(MAX_STATUS_TEXT)).prop_map(|(user, presence, text)| PresenceInfo {
+        user,
+        presence,
+        text,
     })
 }
 
@@ -142,38 +140,24 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
     prop_oneof![
         any::<u64>().prop_map(|nonce| C::Ping { nonce }),
         any::<u64>().prop_map(|nonce| C::Pong { nonce }),
-        (
-            req(),
-            user(),
-            password(),
-            device_id(),
-            text(MAX_DEVICE_NAME)
-        )
-            .prop_map(
-                |(req, user, password, device_id, device_name)| C::Register {
-                    req,
-                    user,
-                    password,
-                    device_id,
-                    device_name
-                }
-            ),
-        (
-            req(),
-            user(),
-            password(),
-            device_id(),
-            text(MAX_DEVICE_NAME)
-        )
-            .prop_map(
-                |(req, user, password, device_id, device_name)| C::LoginPassword {
-                    req,
-                    user,
-                    password,
-                    device_id,
-                    device_name
-                }
-            ),
+        (req(), user(), password(), device_id(), text(MAX_DEVICE_NAME)).prop_map(
+            |(req, user, password, device_id, device_name)| C::Register {
+                req,
+                user,
+                password,
+                device_id,
+                device_name
+            }
+        ),
+        (req(), user(), password(), device_id(), text(MAX_DEVICE_NAME)).prop_map(
+            |(req, user, password, device_id, device_name)| C::LoginPassword {
+                req,
+                user,
+                password,
+                device_id,
+                device_name
+            }
+        ),
         (
             req(),
             user(),
@@ -202,27 +186,19 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
                 new_password,
             }
         }),
-        (req(), bytes(MAX_PUBLIC_KEY_DER)).prop_map(|(req, public_key_der)| C::AddUserKey {
-            req,
-            public_key_der
-        }),
-        (req(), bytes(MAX_PUBLIC_KEY_DER)).prop_map(|(req, public_key_der)| C::RemoveUserKey {
-            req,
-            public_key_der
-        }),
+        (req(), bytes(MAX_PUBLIC_KEY_DER)).prop_map(|(req, public_key_der)| C::AddUserKey { req, public_key_der }),
+        (req(), bytes(MAX_PUBLIC_KEY_DER)).prop_map(|(req, public_key_der)| C::RemoveUserKey { req, public_key_der }),
         req().prop_map(|req| C::ListDevices { req }),
         (req(), device_id()).prop_map(|(req, device_id)| C::RevokeDevice { req, device_id }),
-        (req(), target(), client_id(), any::<bool>(), text(MAX_TEXT)).prop_map(
-            |(req, to, client_id, action, text)| {
-                C::Send {
-                    req,
-                    to,
-                    client_id,
-                    action,
-                    text,
-                }
+        (req(), target(), client_id(), any::<bool>(), text(MAX_TEXT)).prop_map(|(req, to, client_id, action, text)| {
+            C::Send {
+                req,
+                to,
+                client_id,
+                action,
+                text,
             }
-        ),
+        }),
         message_id().prop_map(|up_to| C::Ack { up_to }),
         target().prop_map(|to| C::Typing { to }),
         (
@@ -243,11 +219,7 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
         (req(), room()).prop_map(|(req, room)| C::Leave { req, room }),
         req().prop_map(|req| C::ListRooms { req }),
         (req(), room()).prop_map(|(req, room)| C::Members { req, room }),
-        (req(), room(), opt_text(MAX_TOPIC)).prop_map(|(req, room, topic)| C::Topic {
-            req,
-            room,
-            topic
-        }),
+        (req(), room(), opt_text(MAX_TOPIC)).prop_map(|(req, room, topic)| C::Topic { req, room, topic }),
         room_user().prop_map(|(req, room, user)| C::Kick { req, room, user }),
         room_user().prop_map(|(req, room, user)| C::Ban { req, room, user }),
         room_user().prop_map(|(req, room, user)| C::Unban { req, room, user }),
@@ -257,13 +229,8 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
         req_user().prop_map(|(req, user)| C::ContactAccept { req, user }),
         req_user().prop_map(|(req, user)| C::ContactRemove { req, user }),
         req().prop_map(|req| C::ListContacts { req }),
-        (req(), presence(), opt_text(MAX_STATUS_TEXT)).prop_map(|(req, presence, text)| {
-            C::SetPresence {
-                req,
-                presence,
-                text,
-            }
-        }),
+        (req(), presence(), opt_text(MAX_STATUS_TEXT))
+            .prop_map(|(req, presence, text)| { C::SetPresence { req, presence, text } }),
         (req(), list(user())).prop_map(|(req, users)| C::GetPresence { req, users }),
         req_user().prop_map(|(req, user)| C::Block { req, user }),
         req_user().prop_map(|(req, user)| C::Unblock { req, user }),
@@ -273,40 +240,34 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
 
 fn server_msg() -> impl Strategy<Value = ServerMsg> {
     use ServerMsg as S;
-    let device = (
-        device_id(),
-        text(MAX_DEVICE_NAME),
-        timestamp(),
-        any::<bool>(),
-    )
-        .prop_map(|(id, name, last_seen, current)| DeviceInfo {
-            id,
-            name,
-            last_seen,
-            current,
+    let device =
+        (device_id(), text(MAX_DEVICE_NAME), timestamp(), any::<bool>()).prop_map(|(id, name, last_seen, current)| {
+            DeviceInfo {
+                id,
+                name,
+                last_seen,
+                current,
+            }
         });
-    let room_info = (room(), any::<u32>(), opt_text(MAX_TOPIC), any::<bool>()).prop_map(
-        |(room, members, topic, joined)| RoomInfo {
-            room,
-            members,
-            topic,
-            joined,
-        },
-    );
-    let member = (user(), select(Role::ALL), any::<bool>())
-        .prop_map(|(user, role, online)| Member { user, role, online });
-    let contact = (
-        user(),
-        select(ContactState::ALL),
-        presence(),
-        opt_text(MAX_STATUS_TEXT),
-    )
-        .prop_map(|(user, state, presence, text)| Contact {
+    let room_info =
+        (room(), any::<u32>(), opt_text(MAX_TOPIC), any::<bool>()).prop_map(|(room, members, topic, joined)| {
+            RoomInfo {
+                room,
+                members,
+                topic,
+                joined,
+            }
+        });
+    let member =
+        (user(), select(Role::ALL), any::<bool>()).prop_map(|(user, role, online)| Member { user, role, online });
+    let contact = (user(), select(ContactState::ALL), presence(), opt_text(MAX_STATUS_TEXT)).prop_map(
+        |(user, state, presence, text)| Contact {
             user,
             state,
             presence,
             text,
-        });
+        },
+    );
     prop_oneof![
         any::<u64>().prop_map(|nonce| S::Ping { nonce }),
         any::<u64>().prop_map(|nonce| S::Pong { nonce }),
@@ -323,14 +284,12 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
                 text,
                 retry_after_ms
             }),
-        (req(), user(), device_id(), timestamp()).prop_map(
-            |(req, user, device_id, server_time)| S::LoggedIn {
-                req,
-                user,
-                device_id,
-                server_time
-            }
-        ),
+        (req(), user(), device_id(), timestamp()).prop_map(|(req, user, device_id, server_time)| S::LoggedIn {
+            req,
+            user,
+            device_id,
+            server_time
+        }),
         (
             any::<[u8; TICKET_ID_LEN]>(),
             any::<[u8; TICKET_SECRET_LEN]>(),
@@ -342,39 +301,16 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
                 expires_at
             }),
         (req(), list(device)).prop_map(|(req, devices)| S::Devices { req, devices }),
-        (req(), message_id(), timestamp(), client_id()).prop_map(|(req, id, ts, client_id)| {
-            S::Sent {
-                req,
-                id,
-                ts,
-                client_id,
-            }
-        }),
+        (req(), message_id(), timestamp(), client_id())
+            .prop_map(|(req, id, ts, client_id)| { S::Sent { req, id, ts, client_id } }),
         chat_message().prop_map(S::Message),
-        (message_id(), user(), device_id()).prop_map(|(id, user, device_id)| S::Receipt {
-            id,
-            user,
-            device_id
-        }),
+        (message_id(), user(), device_id()).prop_map(|(id, user, device_id)| S::Receipt { id, user, device_id }),
         (user(), target()).prop_map(|(from, to)| S::TypingNotice { from, to }),
-        (req(), list(chat_message()), any::<bool>()).prop_map(|(req, messages, more)| {
-            S::HistoryPage {
-                req,
-                messages,
-                more,
-            }
-        }),
+        (req(), list(chat_message()), any::<bool>())
+            .prop_map(|(req, messages, more)| { S::HistoryPage { req, messages, more } }),
         (req(), list(room_info)).prop_map(|(req, rooms)| S::Rooms { req, rooms }),
-        (req(), room(), list(member)).prop_map(|(req, room, members)| S::MemberList {
-            req,
-            room,
-            members
-        }),
-        (req(), room(), opt_text(MAX_TOPIC)).prop_map(|(req, room, topic)| S::TopicIs {
-            req,
-            room,
-            topic
-        }),
+        (req(), room(), list(member)).prop_map(|(req, room, members)| S::MemberList { req, room, members }),
+        (req(), room(), opt_text(MAX_TOPIC)).prop_map(|(req, room, topic)| S::TopicIs { req, room, topic }),
         (
             room(),
             select(RoomEventKind::ALL),
@@ -425,39 +361,19 @@ fn check_canonical(bytes: &[u8]) {
 }
 
 /// Every prefix fails, and one byte more is `Trailing(1)`.
-fn check_prefixes_and_trailing<T: std::fmt::Debug>(
-    bytes: &[u8],
-    decode: fn(&[u8]) -> Result<T, MsgError>,
-) {
+fn check_prefixes_and_trailing<T: std::fmt::Debug>(bytes: &[u8], decode: fn(&[u8]) -> Result<T, MsgError>) {
     for len in 0..bytes.len() {
-        assert!(
-            decode(&bytes[..len]).is_err(),
-            "prefix of {len} bytes decoded"
-        );
+        assert!(decode(&bytes[..len]).is_err(), "prefix of {len} bytes decoded");
     }
     let mut longer = bytes.to_vec();
     longer.push(0);
-    assert_eq!(
-        decode(&longer).unwrap_err(),
-        MsgError::Wire(WireError::Trailing(1))
-    );
+    assert_eq!(decode(&longer).unwrap_err(), MsgError::Wire(WireError::Trailing(1)));
 }
 
 /// Every kind of both directions, the reserved ones, and a few that are neither.
 fn all_kinds() -> Vec<u16> {
-    let mut kinds: Vec<u16> = ClientMsg::KINDS
-        .iter()
-        .chain(ServerMsg::KINDS)
-        .map(|k| k.0)
-        .collect();
-    kinds.extend([
-        ClientMsg::RESERVED.0,
-        ServerMsg::RESERVED.0,
-        0,
-        0x4000,
-        0x8000,
-        0xffff,
-    ]);
+    let mut kinds: Vec<u16> = ClientMsg::KINDS.iter().chain(ServerMsg::KINDS).map(|k| k.0).collect();
+    kinds.extend([ClientMsg::RESERVED.0, ServerMsg::RESERVED.0, 0, 0x4000, 0x8000, 0xffff]);
     kinds
 }
 

@@ -11,7 +11,11 @@ use im_proto::record::{RecordError, RekeyPolicy};
 use im_proto::session::{Incoming, SessionError};
 
 fn small_policy() -> RekeyPolicy {
-    RekeyPolicy { after_blocks: 64, after_records: 5, ceiling_blocks: 1024 }
+    RekeyPolicy {
+        after_blocks: 64,
+        after_records: 5,
+        ceiling_blocks: 1024,
+    }
 }
 
 #[test]
@@ -80,9 +84,18 @@ fn seq_err(e: String) -> bool {
 #[test]
 fn replayed_reordered_and_dropped_records_are_refused() {
     let (r, s) = three_records();
-    assert!(seq_err(read_all(&mut s.clone(), &[&r[0][..], &r[0]].concat()).unwrap_err()), "replay");
-    assert!(seq_err(read_all(&mut s.clone(), &[&r[1][..], &r[0]].concat()).unwrap_err()), "reorder");
-    assert!(seq_err(read_all(&mut s.clone(), &[&r[0][..], &r[2]].concat()).unwrap_err()), "drop");
+    assert!(
+        seq_err(read_all(&mut s.clone(), &[&r[0][..], &r[0]].concat()).unwrap_err()),
+        "replay"
+    );
+    assert!(
+        seq_err(read_all(&mut s.clone(), &[&r[1][..], &r[0]].concat()).unwrap_err()),
+        "reorder"
+    );
+    assert!(
+        seq_err(read_all(&mut s.clone(), &[&r[0][..], &r[2]].concat()).unwrap_err()),
+        "drop"
+    );
     assert_eq!(read_all(&mut s.clone(), &r.concat()).unwrap().len(), 3);
 }
 
@@ -101,7 +114,10 @@ fn length_above_the_limit_and_unknown_frame_type() {
     let mut header = im_proto::frame::Header::new(FrameType::Data, 0, 1, 40).encode();
     header[12..16].copy_from_slice(&(1u32 << 20).to_be_bytes());
     let mut buf = BytesMut::from(&header[..]);
-    assert!(matches!(s.read(&mut buf), Err(SessionError::Frame(FrameError::BadLength { .. }))));
+    assert!(matches!(
+        s.read(&mut buf),
+        Err(SessionError::Frame(FrameError::BadLength { .. }))
+    ));
     let mut raw = im_proto::frame::Header::new(FrameType::Data, 0, 1, 40).encode();
     raw[3] = 0x7e;
     let mut buf = BytesMut::from(&raw[..]);
@@ -110,22 +126,43 @@ fn length_above_the_limit_and_unknown_frame_type() {
     let mut w = Vec::new();
     write_frame(&mut w, FrameType::ClientHello, 0, 1, b"");
     let mut buf = BytesMut::from(&w[..]);
-    assert_eq!(s.read(&mut buf), Err(SessionError::UnexpectedFrame(FrameType::ClientHello)));
+    assert_eq!(
+        s.read(&mut buf),
+        Err(SessionError::UnexpectedFrame(FrameType::ClientHello))
+    );
 }
 
 #[test]
 fn oversized_plaintext_cannot_be_sealed() {
     let mut p = handshake(None, false, RekeyPolicy::default());
-    let err = p.client.session.seal(&vec![0; MAX_RECORD_PLAINTEXT + 1], &mut Vec::new()).unwrap_err();
-    assert_eq!(err, SessionError::Record(RecordError::TooLarge(MAX_RECORD_PLAINTEXT + 1)));
-    p.client.session.seal(&vec![0; MAX_RECORD_PLAINTEXT], &mut Vec::new()).unwrap();
+    let err = p
+        .client
+        .session
+        .seal(&vec![0; MAX_RECORD_PLAINTEXT + 1], &mut Vec::new())
+        .unwrap_err();
+    assert_eq!(
+        err,
+        SessionError::Record(RecordError::TooLarge(MAX_RECORD_PLAINTEXT + 1))
+    );
+    p.client
+        .session
+        .seal(&vec![0; MAX_RECORD_PLAINTEXT], &mut Vec::new())
+        .unwrap();
 }
 
 #[test]
 fn a_key_used_past_the_receivers_ceiling_is_refused() {
     // The sender never rekeys; the receiver allows 100 blocks per key.
-    let sender = RekeyPolicy { after_blocks: u64::MAX, after_records: u64::MAX, ceiling_blocks: u64::MAX };
-    let receiver = RekeyPolicy { after_blocks: u64::MAX, after_records: u64::MAX, ceiling_blocks: 100 };
+    let sender = RekeyPolicy {
+        after_blocks: u64::MAX,
+        after_records: u64::MAX,
+        ceiling_blocks: u64::MAX,
+    };
+    let receiver = RekeyPolicy {
+        after_blocks: u64::MAX,
+        after_records: u64::MAX,
+        ceiling_blocks: 100,
+    };
     let (r, e) = client_inputs(1);
     let (mut client, ch) = ClientHandshake::with_inputs(r, e, None, sender);
     let hello = ServerHandshake::read_client_hello(frames(&ch).remove(0)).unwrap();
@@ -175,7 +212,11 @@ fn every_single_bit_flip_of_a_session_is_detected() {
             let mut bad = wire.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
             let got = read_all(&mut receiver.clone(), &bad);
-            assert!(got.is_err(), "flip of bit {bit} (byte {}) went undetected: {got:?}", bit / 8);
+            assert!(
+                got.is_err(),
+                "flip of bit {bit} (byte {}) went undetected: {got:?}",
+                bit / 8
+            );
         }
     }
 }
@@ -218,7 +259,9 @@ fn every_single_bit_flip_of_a_handshake_is_detected() {
     for bit in 0..fin.len() * 8 {
         let mut bad = fin.clone();
         bad[bit / 8] ^= 1 << (bit % 8);
-        let ok = decode_one(&bad).map(|f| expect.clone().read_finished(f).is_ok()).unwrap_or(false);
+        let ok = decode_one(&bad)
+            .map(|f| expect.clone().read_finished(f).is_ok())
+            .unwrap_or(false);
         assert!(!ok, "client Finished bit {bit} undetected");
     }
 }
@@ -249,7 +292,9 @@ fn client_accepts(client: &mut ClientHandshake, s2c: &[u8]) -> bool {
 fn full_exchange_succeeds(ch: &[u8]) -> bool {
     let policy = RekeyPolicy::default();
     let Some(frame) = decode_one(ch) else { return false };
-    let Ok(hello) = ServerHandshake::read_client_hello(frame) else { return false };
+    let Ok(hello) = ServerHandshake::read_client_hello(frame) else {
+        return false;
+    };
     let (_, s2c) = hello.full(server_inputs(1, policy), host_key(), &mut rng());
     let (r, e) = client_inputs(1);
     let (mut client, _) = ClientHandshake::with_inputs(r, e, None, policy);

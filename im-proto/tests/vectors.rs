@@ -98,7 +98,8 @@ fn handshake_vector(ticket: Option<ResumeTicket>) -> String {
 
     // Recompute the schedule from the spec's definitions.
     let th = sha256(&[&transcript]);
-    let shared = StaticSecret::from(client_eph).diffie_hellman(&PublicKey::from(&StaticSecret::from(*server.ephemeral)));
+    let shared =
+        StaticSecret::from(client_eph).diffie_hellman(&PublicKey::from(&StaticSecret::from(*server.ephemeral)));
     let secrets = HandshakeSecrets::derive(&th, shared.as_bytes(), ticket.as_ref().map(|t| &*t.secret));
     assert_eq!(*secrets.exporter, *x.client.exporter, "state machine and spec disagree");
     writeln!(o, "# key schedule").unwrap();
@@ -124,15 +125,30 @@ fn handshake_vector(ticket: Option<ResumeTicket>) -> String {
 fn record_vector() -> String {
     let mut o = String::new();
     let secret = TrafficSecret::from_bytes([0x11; 32]);
-    let policy = RekeyPolicy { after_blocks: 1 << 20, after_records: 2, ceiling_blocks: 1 << 24 };
+    let policy = RekeyPolicy {
+        after_blocks: 1 << 20,
+        after_records: 2,
+        ceiling_blocks: 1 << 24,
+    };
     let mut sealer = Sealer::new(secret.clone(), 5, policy);
-    writeln!(o, "# a sender whose key ratchets after 2 records (the protocol's threshold is 2^20)").unwrap();
+    writeln!(
+        o,
+        "# a sender whose key ratchets after 2 records (the protocol's threshold is 2^20)"
+    )
+    .unwrap();
     field(&mut o, "traffic_secret_epoch0", secret.as_bytes());
     let k0 = secret.keys();
     field(&mut o, "epoch0_key", &*k0.enc);
     field(&mut o, "epoch0_mac_key", &*k0.mac);
     field(&mut o, "epoch0_iv", &k0.iv);
-    for (i, pt) in [&b"first record"[..], b"second, 9 blocks long: spans the counter", b"after the rekey"].iter().enumerate() {
+    for (i, pt) in [
+        &b"first record"[..],
+        b"second, 9 blocks long: spans the counter",
+        b"after the rekey",
+    ]
+    .iter()
+    .enumerate()
+    {
         if i == 2 {
             let s1 = secret.ratchet();
             let k1 = s1.keys();
@@ -143,7 +159,11 @@ fn record_vector() -> String {
         }
         let mut rec = Vec::new();
         sealer.seal(FrameType::Data, pt, &mut rec).unwrap();
-        text(&mut o, &format!("plaintext_{i}"), &format!("{:?}", std::str::from_utf8(pt).unwrap()));
+        text(
+            &mut o,
+            &format!("plaintext_{i}"),
+            &format!("{:?}", std::str::from_utf8(pt).unwrap()),
+        );
         field(&mut o, &format!("record_{i}"), &rec);
     }
     o
@@ -169,11 +189,28 @@ fn message_vector() -> String {
         text: "waves".into(),
         client_id: "c-2".into(),
     });
-    let err = ServerMsg::Error { req: Some(RequestId(7)), code: ErrorCode::RateLimited, text: "slow down".into(), retry_after_ms: Some(1500) };
+    let err = ServerMsg::Error {
+        req: Some(RequestId(7)),
+        code: ErrorCode::RateLimited,
+        text: "slow down".into(),
+        retry_after_ms: Some(1500),
+    };
     for (name, desc, msg) in [
-        ("send", "ClientMsg::Send { req 7, to bob, client_id \"c-1\", action false, text \"hi bob\" }", either(Ok(send))),
-        ("message", "ServerMsg::Message { id 1001, ts 2026-01-01T00:00:00Z, from alice, to #rust, action true, text \"waves\", client_id \"c-2\" }", either(Err(pushed))),
-        ("error", "ServerMsg::Error { req 7, rate_limited, \"slow down\", retry_after_ms 1500 }", either(Err(err))),
+        (
+            "send",
+            "ClientMsg::Send { req 7, to bob, client_id \"c-1\", action false, text \"hi bob\" }",
+            either(Ok(send)),
+        ),
+        (
+            "message",
+            "ServerMsg::Message { id 1001, ts 2026-01-01T00:00:00Z, from alice, to #rust, action true, text \"waves\", client_id \"c-2\" }",
+            either(Err(pushed)),
+        ),
+        (
+            "error",
+            "ServerMsg::Error { req 7, rate_limited, \"slow down\", retry_after_ms 1500 }",
+            either(Err(err)),
+        ),
     ] {
         writeln!(o, "# {desc}").unwrap();
         field(&mut o, name, &msg);
@@ -215,8 +252,14 @@ fn protocol_md_vectors_match_the_code() {
     for (name, body) in &vectors {
         let open = format!("<!-- vector:{name} -->\n```text\n");
         let close = "```\n<!-- /vector -->";
-        let start = spec.find(&open).unwrap_or_else(|| panic!("PROTOCOL.md has no block {open:?}")) + open.len();
-        let end = start + spec[start..].find(close).unwrap_or_else(|| panic!("vector {name} is not closed"));
+        let start = spec
+            .find(&open)
+            .unwrap_or_else(|| panic!("PROTOCOL.md has no block {open:?}"))
+            + open.len();
+        let end = start
+            + spec[start..]
+                .find(close)
+                .unwrap_or_else(|| panic!("vector {name} is not closed"));
         if &spec[start..end] != body {
             stale.push(*name);
             spec.replace_range(start..end, body);
@@ -225,7 +268,10 @@ fn protocol_md_vectors_match_the_code() {
     if update {
         std::fs::write(&path, spec).unwrap();
     } else {
-        assert!(stale.is_empty(), "PROTOCOL.md vectors {stale:?} differ from the code; if the change is deliberate, run IM_UPDATE_VECTORS=1 cargo test -p im-proto --test vectors");
+        assert!(
+            stale.is_empty(),
+            "PROTOCOL.md vectors {stale:?} differ from the code; if the change is deliberate, run IM_UPDATE_VECTORS=1 cargo test -p im-proto --test vectors"
+        );
     }
 }
 
@@ -294,11 +340,17 @@ fn protocol_md_message_vectors_decode_and_reencode() {
         let bytes = hex::decode(&hex_line).unwrap();
         let mut again = Vec::new();
         if title.starts_with("Client") {
-            ClientMsg::decode(&bytes).unwrap_or_else(|e| panic!("{title}: {e}")).encode(&mut again);
+            ClientMsg::decode(&bytes)
+                .unwrap_or_else(|e| panic!("{title}: {e}"))
+                .encode(&mut again);
         } else if title.starts_with("Server") {
-            ServerMsg::decode(&bytes).unwrap_or_else(|e| panic!("{title}: {e}")).encode(&mut again);
+            ServerMsg::decode(&bytes)
+                .unwrap_or_else(|e| panic!("{title}: {e}"))
+                .encode(&mut again);
         } else if title.starts_with("Close") {
-            CloseReason::decode(&bytes).unwrap_or_else(|e| panic!("{title}: {e}")).encode(&mut again);
+            CloseReason::decode(&bytes)
+                .unwrap_or_else(|e| panic!("{title}: {e}"))
+                .encode(&mut again);
         } else {
             continue;
         }

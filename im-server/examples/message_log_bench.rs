@@ -72,14 +72,9 @@ fn main() -> anyhow::Result<()> {
     let phase = Duration::from_secs(secs);
     let dir = tempfile::tempdir_in(&parent)?;
     let log = MessageLog::open(dir.path())?;
-    println!(
-        "message log bench in {} ({secs} s per phase)",
-        dir.path().display()
-    );
+    println!("message log bench in {} ({secs} s per phase)", dir.path().display());
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
 
     // 1. Concurrent appenders over 1,000 conversations.
     let before = log.stats();
@@ -111,10 +106,7 @@ fn main() -> anyhow::Result<()> {
     });
     let elapsed = start.elapsed().as_secs_f64();
     let after = log.stats();
-    let (n, commits) = (
-        after.appended - before.appended,
-        after.commits - before.commits,
-    );
+    let (n, commits) = (after.appended - before.appended, after.commits - before.commits);
     println!(
         "{CONCURRENT} concurrent appenders, {CONVERSATIONS} DM conversations, {TEXT_LEN}-byte texts, \
          fsync per group commit:"
@@ -144,10 +136,7 @@ fn main() -> anyhow::Result<()> {
     let elapsed = start.elapsed().as_secs_f64();
     let n = log.stats().appended - before.appended;
     println!("1 appender, one message at a time:");
-    println!(
-        "  {n} appends in {elapsed:.2} s = {:.0} appends/s",
-        n as f64 / elapsed
-    );
+    println!("  {n} appends in {elapsed:.2} s = {:.0} appends/s", n as f64 / elapsed);
     report_latencies("append", &mut lat);
 
     // 3. Reads on what is there now.
@@ -164,11 +153,7 @@ fn main() -> anyhow::Result<()> {
         lat.push(t0.elapsed());
     }
     println!("reads over {total} stored messages:");
-    println!(
-        "  {} history pages of up to 50 ({} messages)",
-        lat.len(),
-        got
-    );
+    println!("  {} history pages of up to 50 ({} messages)", lat.len(), got);
     report_latencies("history page", &mut lat);
     let mut lat = Vec::new();
     let mut got = 0;
@@ -177,12 +162,7 @@ fn main() -> anyhow::Result<()> {
     for i in 0..200 {
         let t0 = Instant::now();
         got += log
-            .catch_up(
-                &user(2 * (i * 5 % CONVERSATIONS) + 1),
-                &rooms,
-                after_id,
-                500,
-            )?
+            .catch_up(&user(2 * (i * 5 % CONVERSATIONS) + 1), &rooms, after_id, 500)?
             .len();
         lat.push(t0.elapsed());
     }

@@ -29,7 +29,10 @@ pub struct Passwords {
 
 /// Hashes a password (blocking: call from a worker thread or the admin CLI).
 pub fn hash_blocking(password: &str) -> Result<String, AuthError> {
-    Argon2::default().hash_password(password.as_bytes()).map(|h| h.to_string()).map_err(|e| AuthError::Hash(e.to_string()))
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Hash(e.to_string()))
 }
 
 impl Passwords {
@@ -37,12 +40,17 @@ impl Passwords {
         let mut random = [0u8; 24];
         rand::Rng::fill_bytes(&mut rand::rng(), &mut random);
         let dummy = hash_blocking(&format!("{random:?}"))?;
-        Ok(Passwords { permits: Arc::new(Semaphore::new(concurrency.max(1))), dummy: dummy.into() })
+        Ok(Passwords {
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            dummy: dummy.into(),
+        })
     }
 
     pub async fn hash(&self, password: zeroize::Zeroizing<String>) -> Result<String, AuthError> {
         let _permit = self.permits.acquire().await.map_err(|_| AuthError::Worker)?;
-        tokio::task::spawn_blocking(move || hash_blocking(&password)).await.map_err(|_| AuthError::Worker)?
+        tokio::task::spawn_blocking(move || hash_blocking(&password))
+            .await
+            .map_err(|_| AuthError::Worker)?
     }
 
     /// Checks `password` against `hash`, or against the dummy hash when the user does not
@@ -51,7 +59,9 @@ impl Passwords {
         let _permit = self.permits.acquire().await.map_err(|_| AuthError::Worker)?;
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy.to_string());
-        let ok = tokio::task::spawn_blocking(move || verify_blocking(&password, &hash)).await.map_err(|_| AuthError::Worker)?;
+        let ok = tokio::task::spawn_blocking(move || verify_blocking(&password, &hash))
+            .await
+            .map_err(|_| AuthError::Worker)?;
         Ok(ok && known)
     }
 
@@ -73,7 +83,13 @@ pub fn new_ticket(user: crate::store::accounts::UserId, device_id: u64, expires_
     let mut rng = rand::rng();
     rand::Rng::fill_bytes(&mut rng, &mut id);
     rand::Rng::fill_bytes(&mut rng, &mut *secret);
-    Ticket { id, user, device_id, secret, expires_ms }
+    Ticket {
+        id,
+        user,
+        device_id,
+        secret,
+        expires_ms,
+    }
 }
 
 #[cfg(test)]
@@ -86,7 +102,11 @@ mod tests {
         let p = Passwords::new(1).unwrap();
         let h = p.hash(Zeroizing::new("correct horse".into())).await.unwrap();
         assert!(h.starts_with("$argon2id$"));
-        assert!(p.verify(Zeroizing::new("correct horse".into()), Some(h.clone())).await.unwrap());
+        assert!(
+            p.verify(Zeroizing::new("correct horse".into()), Some(h.clone()))
+                .await
+                .unwrap()
+        );
         assert!(!p.verify(Zeroizing::new("wrong".into()), Some(h)).await.unwrap());
         // The unknown-user path verifies against a real Argon2id hash with the same
         // parameters, so it does the same work; and it never succeeds.

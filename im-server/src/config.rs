@@ -30,7 +30,12 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { listen: None, registration: Registration::Open, retention_days: None, limits: Limits::default() }
+        Config {
+            listen: None,
+            registration: Registration::Open,
+            retention_days: None,
+            limits: Limits::default(),
+        }
     }
 }
 
@@ -115,9 +120,17 @@ impl Config {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(Config::default()),
-            Err(source) => return Err(ConfigError::Read { path: path.display().to_string(), source }),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
         };
-        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: e.to_string() })
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
     }
 }
 

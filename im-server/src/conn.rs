@@ -81,7 +81,11 @@ pub struct Transport<S> {
 
 impl<S: ByteStream> Transport<S> {
     pub fn new(stream: S) -> Self {
-        Transport { stream, rbuf: BytesMut::new(), wbuf: Vec::new() }
+        Transport {
+            stream,
+            rbuf: BytesMut::new(),
+            wbuf: Vec::new(),
+        }
     }
 
     /// Reads more bytes; `Eof` when the peer closed.
@@ -169,11 +173,21 @@ pub struct Established {
 
 /// Runs the server side of the handshake: rate limit, ticket lookup or RSA signature on the
 /// blocking pool, Finished check.
-pub async fn handshake<S: ByteStream>(t: &mut Transport<S>, shared: &Arc<Shared>, ip: IpAddr) -> Result<Established, ConnError> {
+pub async fn handshake<S: ByteStream>(
+    t: &mut Transport<S>,
+    shared: &Arc<Shared>,
+    ip: IpAddr,
+) -> Result<Established, ConnError> {
     let mut decoder = FrameDecoder::new();
     let frame = t.frame(&mut decoder).await?;
     if let Err(wait) = shared.limits.handshakes_per_ip.check(&ip) {
-        reject(t, ErrorCode::RateLimited, wait.as_millis() as u32, "too many handshakes from your address").await;
+        reject(
+            t,
+            ErrorCode::RateLimited,
+            wait.as_millis() as u32,
+            "too many handshakes from your address",
+        )
+        .await;
         return Err(ConnError::Refused("handshake rate limit"));
     }
     let hello = match ServerHandshake::read_client_hello(frame) {
@@ -204,11 +218,20 @@ pub async fn handshake<S: ByteStream>(t: &mut Transport<S>, shared: &Arc<Shared>
     t.write_raw(&out).await?;
     let fin = t.frame(&mut decoder).await?;
     let ServerEstablished { session, exporter, .. } = expect.read_finished(fin)?;
-    Ok(Established { session, exporter, ticket })
+    Ok(Established {
+        session,
+        exporter,
+        ticket,
+    })
 }
 
 async fn reject<S: ByteStream>(t: &mut Transport<S>, code: ErrorCode, retry_after_ms: u32, text: &str) {
-    let frame = Reject { code: code.code(), retry_after_ms, text: text.to_owned() }.to_frame();
+    let frame = Reject {
+        code: code.code(),
+        retry_after_ms,
+        text: text.to_owned(),
+    }
+    .to_frame();
     let _ = t.write_raw(&frame).await;
     let _ = t.stream.shutdown().await;
 }

@@ -23,14 +23,19 @@ pub enum DataDirError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} exists but is not a directory")]
     NotADirectory { path: PathBuf },
-    #[error("host key {path} is unreadable or damaged ({detail}); restore it from a backup, or move it away to create a new key (clients will then refuse the changed key)")]
+    #[error(
+        "host key {path} is unreadable or damaged ({detail}); restore it from a backup, or move it away to create a new key (clients will then refuse the changed key)"
+    )]
     BadHostKey { path: PathBuf, detail: String },
     #[error("no data directory given and the platform has no default one; use --data-dir")]
     NoDefault,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
-    move |source| DataDirError::Io { path: path.to_owned(), source }
+    move |source| DataDirError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -41,7 +46,9 @@ pub struct DataDir {
 impl DataDir {
     /// The platform's data directory for the server (e.g. `~/.local/share/im-server`).
     pub fn default_path() -> Result<PathBuf, DataDirError> {
-        directories::ProjectDirs::from("", "", "im-server").map(|d| d.data_dir().to_owned()).ok_or(DataDirError::NoDefault)
+        directories::ProjectDirs::from("", "", "im-server")
+            .map(|d| d.data_dir().to_owned())
+            .ok_or(DataDirError::NoDefault)
     }
 
     /// Opens the directory, creating it (0700) if missing.
@@ -55,7 +62,11 @@ impl DataDir {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs::DirBuilder::new().recursive(true).mode(0o700).create(root).map_err(io(root))?;
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(root)
+                    .map_err(io(root))?;
             }
             Err(e) => return Err(io(root)(e)),
         }
@@ -95,24 +106,42 @@ impl DataDir {
     pub fn host_key(&self) -> Result<RsaSigner, DataDirError> {
         let path = self.host_key_path();
         match fs::read_to_string(&path) {
-            Ok(pem) => RsaSigner::from_pkcs8_pem(&pem).map_err(|e| DataDirError::BadHostKey { path, detail: e.to_string() }),
+            Ok(pem) => RsaSigner::from_pkcs8_pem(&pem).map_err(|e| DataDirError::BadHostKey {
+                path,
+                detail: e.to_string(),
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::info!("generating a new RSA-{HOST_KEY_BITS} host key");
-                let key = RsaSigner::generate(&mut rand::rng(), HOST_KEY_BITS)
-                    .map_err(|e| DataDirError::BadHostKey { path: path.clone(), detail: e.to_string() })?;
-                let pem = key.to_pkcs8_pem().map_err(|e| DataDirError::BadHostKey { path: path.clone(), detail: e.to_string() })?;
+                let key =
+                    RsaSigner::generate(&mut rand::rng(), HOST_KEY_BITS).map_err(|e| DataDirError::BadHostKey {
+                        path: path.clone(),
+                        detail: e.to_string(),
+                    })?;
+                let pem = key.to_pkcs8_pem().map_err(|e| DataDirError::BadHostKey {
+                    path: path.clone(),
+                    detail: e.to_string(),
+                })?;
                 write_private(&path, pem.as_bytes())?;
                 Ok(key)
             }
-            Err(e) => Err(DataDirError::BadHostKey { path, detail: e.to_string() }),
+            Err(e) => Err(DataDirError::BadHostKey {
+                path,
+                detail: e.to_string(),
+            }),
         }
     }
 
     /// Loads the host key without ever creating one.
     pub fn existing_host_key(&self) -> Result<RsaSigner, DataDirError> {
         let path = self.host_key_path();
-        let pem = fs::read_to_string(&path).map_err(|e| DataDirError::BadHostKey { path: path.clone(), detail: e.to_string() })?;
-        RsaSigner::from_pkcs8_pem(&pem).map_err(|e| DataDirError::BadHostKey { path, detail: e.to_string() })
+        let pem = fs::read_to_string(&path).map_err(|e| DataDirError::BadHostKey {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        RsaSigner::from_pkcs8_pem(&pem).map_err(|e| DataDirError::BadHostKey {
+            path,
+            detail: e.to_string(),
+        })
     }
 }
 
@@ -122,7 +151,12 @@ impl DataDir {
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io(&tmp))?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
     fs::hard_link(&tmp, path).map_err(io(path))?;
     fs::remove_file(&tmp).map_err(io(&tmp))?;

@@ -10,6 +10,7 @@
 //! - [`auth`]: Argon2id passwords (off the reactor) and tickets.
 //! - [`conn`]: one connection's bytes and the server side of the handshake.
 //! - [`session`]: login, catch-up, and the request/push loop of one connection.
+//! - [`social`]: rooms, contacts, presence, typing and blocking.
 //! - [`server`]: the accept loop, connection limits and graceful shutdown.
 
 pub mod auth;
@@ -20,6 +21,7 @@ pub mod ratelimit;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod social;
 pub mod state;
 pub mod store;
 

@@ -98,7 +98,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => serve(&root, cli.listen, cli.config.as_deref()),
         Command::Fingerprint => {
-            let dir = DataDir::open_existing(&root).with_context(|| "no data directory yet: start the server once to create it")?;
+            let dir = DataDir::open_existing(&root)
+                .with_context(|| "no data directory yet: start the server once to create it")?;
             println!("{}", dir.existing_host_key()?.fingerprint());
             Ok(())
         }
@@ -112,7 +113,9 @@ fn serve(root: &Path, listen: Option<SocketAddr>, config: Option<&Path>) -> Resu
         Some(path) => Config::load(path, true)?,
         None => Config::load(&dir.config_path(), false)?,
     };
-    let addr = listen.or(config.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
+    let addr = listen
+        .or(config.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let server = Server::open(&dir, config)?;
@@ -150,7 +153,9 @@ async fn wait_for_signal() {
 fn user(root: &Path, cmd: UserCommand) -> Result<()> {
     let dir = DataDir::open_or_create(root)?;
     let accounts = Accounts::open(&dir.accounts_path())?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
     match cmd {
         UserCommand::Add { name, password_file } => {
             let name = UserName::parse(&name)?;
@@ -166,7 +171,9 @@ fn user(root: &Path, cmd: UserCommand) -> Result<()> {
             if !accounts.delete_user(&name)? {
                 bail!("no user named {name}");
             }
-            println!("deleted user {name} (their messages stay in the log; sessions already open end at their next login)");
+            println!(
+                "deleted user {name} (their messages stay in the log; sessions already open end at their next login)"
+            );
         }
         UserCommand::List => {
             for (name, created) in accounts.list_users()? {
@@ -175,7 +182,9 @@ fn user(root: &Path, cmd: UserCommand) -> Result<()> {
         }
         UserCommand::Passwd { name, password_file } => {
             let name = UserName::parse(&name)?;
-            let Some(user) = accounts.user(&name)? else { bail!("no user named {name}") };
+            let Some(user) = accounts.user(&name)? else {
+                bail!("no user named {name}")
+            };
             let password = read_password(password_file.as_deref())?;
             accounts.set_password(user.id, &hash_blocking(&password)?)?;
             let revoked = accounts.delete_tickets_of_user(user.id)?;
@@ -188,7 +197,9 @@ fn user(root: &Path, cmd: UserCommand) -> Result<()> {
 /// The password from IM_PASSWORD, a file (first line), or a prompt on a terminal; never argv.
 fn read_password(file: Option<&Path>) -> Result<Zeroizing<String>> {
     let password = if let Some(path) = file {
-        let text = Zeroizing::new(std::fs::read_to_string(path).with_context(|| format!("cannot read password file {}", path.display()))?);
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path).with_context(|| format!("cannot read password file {}", path.display()))?,
+        );
         Zeroizing::new(text.lines().next().unwrap_or("").to_owned())
     } else if let Ok(p) = std::env::var("IM_PASSWORD") {
         Zeroizing::new(p)

@@ -22,12 +22,16 @@ pub struct Keyed<K: Hash + Eq + Clone> {
 
 impl<K: Hash + Eq + Clone> Keyed<K> {
     fn new(quota: Quota) -> Self {
-        Keyed { limiter: DefaultKeyedRateLimiter::keyed(quota) }
+        Keyed {
+            limiter: DefaultKeyedRateLimiter::keyed(quota),
+        }
     }
 
     /// `Ok` if `key` may proceed now, else how long until it may.
     pub fn check(&self, key: &K) -> Result<(), Duration> {
-        self.limiter.check_key(key).map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+        self.limiter
+            .check_key(key)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 
     fn shrink(&self) {
@@ -79,7 +83,10 @@ impl RateLimits {
             return None;
         }
         *n += 1;
-        Some(UnauthGuard { map: self.unauthenticated.clone(), ip })
+        Some(UnauthGuard {
+            map: self.unauthenticated.clone(),
+            ip,
+        })
     }
 
     /// Forgets idle keys; called periodically so the maps do not grow with every address
@@ -115,7 +122,11 @@ mod tests {
 
     #[test]
     fn limits_refuse_with_a_retry_time_and_guards_release() {
-        let l = Limits { logins_per_account_per_min: 2, unauthenticated_per_ip: 1, ..Limits::default() };
+        let l = Limits {
+            logins_per_account_per_min: 2,
+            unauthenticated_per_ip: 1,
+            ..Limits::default()
+        };
         let r = RateLimits::new(&l);
         let alice = UserName::parse("alice").unwrap();
         assert!(r.logins_per_account.check(&alice).is_ok());

@@ -45,7 +45,15 @@ pub struct Inbox {
 pub fn outbox(conn: ConnId, device: DeviceId, depth: usize) -> (Outbox, Inbox) {
     let (tx, rx) = mpsc::channel(depth.max(1));
     let overflow = CancellationToken::new();
-    (Outbox { conn, device, tx, overflow: overflow.clone() }, Inbox { rx, overflow })
+    (
+        Outbox {
+            conn,
+            device,
+            tx,
+            overflow: overflow.clone(),
+        },
+        Inbox { rx, overflow },
+    )
 }
 
 impl Outbox {
@@ -99,7 +107,10 @@ impl Router for LocalRouter {
     fn push_to_user(&self, user: &UserName, msg: &Arc<ServerMsg>, except_device: Option<DeviceId>) -> usize {
         let users = self.users.read().unwrap_or_else(|p| p.into_inner());
         let Some(list) = users.get(user) else { return 0 };
-        list.iter().filter(|o| Some(o.device) != except_device).filter(|o| o.push(msg)).count()
+        list.iter()
+            .filter(|o| Some(o.device) != except_device)
+            .filter(|o| o.push(msg))
+            .count()
     }
 
     fn is_online(&self, user: &UserName) -> bool {
@@ -107,7 +118,12 @@ impl Router for LocalRouter {
     }
 
     fn connections(&self) -> usize {
-        self.users.read().unwrap_or_else(|p| p.into_inner()).values().map(Vec::len).sum()
+        self.users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 }
 

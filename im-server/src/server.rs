@@ -21,14 +21,20 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Raises the soft open-files limit to the hard limit; returns the limit in force.
 pub fn raise_nofile_limit() -> u64 {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit write to and read from the struct we own.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return 1024;
         }
         if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
                 lim.rlim_cur = lim.rlim_max;
             }
@@ -40,7 +46,11 @@ pub fn raise_nofile_limit() -> u64 {
 /// The most connections to hold at once.
 pub fn connection_limit(configured: usize, nofile: u64) -> usize {
     let by_fds = nofile.saturating_sub(RESERVED_FDS).max(16) as usize;
-    if configured == 0 { by_fds } else { configured.min(by_fds) }
+    if configured == 0 {
+        by_fds
+    } else {
+        configured.min(by_fds)
+    }
 }
 
 /// Serves until `shared.shutdown` fires, then waits for the sessions to close.
@@ -55,7 +65,10 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, max_connections: us
             p
         } else {
             if !paused {
-                tracing::warn!(max_connections, "connection limit reached; not accepting until a connection closes");
+                tracing::warn!(
+                    max_connections,
+                    "connection limit reached; not accepting until a connection closes"
+                );
                 paused = true;
             }
             tokio::select! {
@@ -82,7 +95,15 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, max_connections: us
             let _permit = permit;
             match shared.limits.unauthenticated(ip) {
                 Some(guard) => crate::session::serve(stream, ip, shared, guard).await,
-                None => refuse(stream, ErrorCode::RateLimited, 1000, "too many connections from your address").await,
+                None => {
+                    refuse(
+                        stream,
+                        ErrorCode::RateLimited,
+                        1000,
+                        "too many connections from your address",
+                    )
+                    .await
+                }
             }
         });
     }

@@ -35,7 +35,7 @@ use crate::ratelimit::UnauthGuard;
 use crate::router::{Inbox, next_conn_id, outbox};
 use crate::state::{Shared, chat_message, now_ms};
 use crate::store::accounts::{AccountsError, UserId};
-use crate::store::messages::{Appended, Conversation, NewMessage, StoredMessage};
+use crate::store::messages::{Appended, NewMessage, StoredMessage};
 
 /// Pushes taken off the queue per write: enough to coalesce a burst into one syscall,
 /// few enough that one busy connection does not starve its own reads.
@@ -58,7 +58,11 @@ struct End {
 
 impl End {
     fn new(code: ErrorCode, text: impl Into<String>) -> Self {
-        End { code, text: text.into(), abort: false }
+        End {
+            code,
+            text: text.into(),
+            abort: false,
+        }
     }
 }
 
@@ -81,10 +85,10 @@ impl From<AccountsError> for End {
 
 /// The logged-in identity of a session.
 #[derive(Debug, Clone)]
-struct Identity {
-    user: UserName,
-    uid: UserId,
-    device: DeviceId,
+pub struct Identity {
+    pub user: UserName,
+    pub uid: UserId,
+    pub device: DeviceId,
 }
 
 /// Serves one connection from the first byte to the Close.
@@ -103,7 +107,11 @@ pub async fn serve<S: ByteStream>(stream: S, ip: IpAddr, shared: Arc<Shared>, un
             return;
         }
     };
-    let Established { mut session, exporter, ticket } = est;
+    let Established {
+        mut session,
+        exporter,
+        ticket,
+    } = est;
     let login = tokio::select! {
         r = tokio::time::timeout_at(deadline, login(&mut t, &mut session, &shared, ip, &exporter, ticket)) => match r {
             Ok(Ok(Some(id))) => id,
@@ -117,9 +125,11 @@ pub async fn serve<S: ByteStream>(stream: S, ip: IpAddr, shared: Arc<Shared>, un
     tracing::info!(user = %login.user, device = login.device.get(), %ip, "logged in");
     let (out, inbox) = outbox(conn, login.device, shared.config.limits.outbound_queue);
     shared.router.attach(&login.user, out);
+    crate::social::connected(&shared, &login).await;
     let mut s = Live::new(login, shared.clone());
     let end = s.run(&mut t, &mut session, inbox).await;
     shared.router.detach(&s.id.user, conn);
+    crate::social::disconnected(&shared, &s.id).await;
     s.persist_cursor().await;
     tracing::info!(user = %s.id.user, code = end.code.name(), reason = %end.text, "session ended");
     close(&mut t, &mut session, end).await;
@@ -151,7 +161,9 @@ async fn close<S: ByteStream>(t: &mut Transport<S>, session: &mut Session, end: 
 fn queue<S>(t: &mut Transport<S>, session: &mut Session, msg: &ServerMsg) -> Result<(), End> {
     let mut plain = Zeroizing::new(Vec::new());
     msg.encode(&mut plain);
-    session.seal(&plain, &mut t.wbuf).map_err(|e| End::new(ErrorCode::Internal, e.to_string()))
+    session
+        .seal(&plain, &mut t.wbuf)
+        .map_err(|e| End::new(ErrorCode::Internal, e.to_string()))
 }
 
 /// Waits for the next client message. `Ok(None)`: the peer sent Close. A reserved kind is
@@ -180,7 +192,11 @@ async fn next_msg<S: ByteStream>(t: &mut Transport<S>, session: &mut Session) ->
 fn decode(plain: &[u8]) -> Result<ClientMsg, Box<ServerMsg>> {
     match ClientMsg::decode(plain) {
         Ok(m) => Ok(m),
-        Err(e @ MsgError::Reserved(_)) => Err(Box::new(ServerMsg::error(ClientMsg::peek_request_id(plain), e.code(), e.to_string()))),
+        Err(e @ MsgError::Reserved(_)) => Err(Box::new(ServerMsg::error(
+            ClientMsg::peek_request_id(plain),
+            e.code(),
+            e.to_string(),
+        ))),
         Err(e) => Err(Box::new(ServerMsg::error(None, ErrorCode::Protocol, e.to_string()))),
     }
 }
@@ -218,31 +234,80 @@ async fn login<S: ByteStream>(
     ticket: Option<crate::store::accounts::TicketRecord>,
 ) -> Result<Option<Identity>, End> {
     loop {
-        let Some(msg) = next_msg(t, session).await? else { return Ok(None) };
+        let Some(msg) = next_msg(t, session).await? else {
+            return Ok(None);
+        };
         let result = match msg {
             ClientMsg::Ping { nonce } => Err(ServerMsg::Pong { nonce }),
-            ClientMsg::Register { req, user, password, device_id, device_name } => {
-                register(shared, ip, req, user, password, device_id, device_name).await
-            }
-            ClientMsg::LoginPassword { req, user, password, device_id, device_name } => {
-                login_password(shared, ip, req, user, password, device_id, device_name).await
-            }
-            ClientMsg::LoginKey { req, user, device_id, device_name, public_key_der, signature } => {
-                login_key(shared, ip, exporter, req, user, device_id, device_name, public_key_der, signature).await
+            ClientMsg::Register {
+                req,
+                user,
+                password,
+                device_id,
+                device_name,
+            } => register(shared, ip, req, user, password, device_id, device_name).await,
+            ClientMsg::LoginPassword {
+                req,
+                user,
+                password,
+                device_id,
+                device_name,
+            } => login_password(shared, ip, req, user, password, device_id, device_name).await,
+            ClientMsg::LoginKey {
+                req,
+                user,
+                device_id,
+                device_name,
+                public_key_der,
+                signature,
+            } => {
+                login_key(
+                    shared,
+                    ip,
+                    exporter,
+                    req,
+                    user,
+                    device_id,
+                    device_name,
+                    public_key_der,
+                    signature,
+                )
+                .await
             }
             ClientMsg::LoginTicket { req } => match &ticket {
                 Some(tk) => match DeviceId::new(tk.device_id) {
-                    Some(device) => Ok((req, Identity { user: tk.user_name.clone(), uid: tk.user, device }, false)),
+                    Some(device) => Ok((
+                        req,
+                        Identity {
+                            user: tk.user_name.clone(),
+                            uid: tk.user,
+                            device,
+                        },
+                        false,
+                    )),
                     None => Err(err(req, ErrorCode::TicketInvalid, "ticket names an invalid device")),
                 },
-                None => Err(err(req, ErrorCode::TicketInvalid, "this connection did not resume a ticket; log in with a password or key")),
+                None => Err(err(
+                    req,
+                    ErrorCode::TicketInvalid,
+                    "this connection did not resume a ticket; log in with a password or key",
+                )),
             },
-            other => Err(ServerMsg::error(other.request_id(), ErrorCode::Unauthenticated, "log in first")),
+            other => Err(ServerMsg::error(
+                other.request_id(),
+                ErrorCode::Unauthenticated,
+                "log in first",
+            )),
         };
         match result {
             Ok((req, id, issue_ticket)) => {
                 let now = now_ms();
-                let reply = ServerMsg::LoggedIn { req, user: id.user.clone(), device_id: id.device, server_time: Timestamp(now) };
+                let reply = ServerMsg::LoggedIn {
+                    req,
+                    user: id.user.clone(),
+                    device_id: id.device,
+                    server_time: Timestamp(now),
+                };
                 queue(t, session, &reply)?;
                 if issue_ticket {
                     let ticket = issue(shared, &id).await?;
@@ -278,7 +343,11 @@ fn internal(req: RequestId, e: impl std::fmt::Display) -> ServerMsg {
 }
 
 async fn touch(shared: &Shared, req: RequestId, uid: UserId, device: DeviceId, name: String) -> Result<(), ServerMsg> {
-    shared.db(move |a| a.touch_device(uid, device.get(), &name, now_ms())).await.map(drop).map_err(|e| internal(req, e))
+    shared
+        .db(move |a| a.touch_device(uid, device.get(), &name, now_ms()))
+        .await
+        .map(drop)
+        .map_err(|e| internal(req, e))
 }
 
 async fn register(
@@ -291,15 +360,27 @@ async fn register(
     device_name: String,
 ) -> LoginResult {
     if shared.config.registration == Registration::Closed {
-        return Err(err(req, ErrorCode::RegistrationClosed, "registration is closed on this server; ask its admin for an account"));
+        return Err(err(
+            req,
+            ErrorCode::RegistrationClosed,
+            "registration is closed on this server; ask its admin for an account",
+        ));
     }
     if let Err(wait) = shared.limits.logins_per_ip.check(&ip) {
         return Err(limited(req, "registrations from your address", wait));
     }
     if password.expose().chars().count() < MIN_PASSWORD_CHARS {
-        return Err(err(req, ErrorCode::WeakPassword, format!("passwords need at least {MIN_PASSWORD_CHARS} characters")));
+        return Err(err(
+            req,
+            ErrorCode::WeakPassword,
+            format!("passwords need at least {MIN_PASSWORD_CHARS} characters"),
+        ));
     }
-    let hash = shared.passwords.hash(password.into_zeroizing()).await.map_err(|e| internal(req, e))?;
+    let hash = shared
+        .passwords
+        .hash(password.into_zeroizing())
+        .await
+        .map_err(|e| internal(req, e))?;
     let name = user.clone();
     let uid = match shared.db(move |a| a.create_user(&name, &hash, now_ms())).await {
         Ok(uid) => uid,
@@ -327,13 +408,25 @@ async fn login_password(
     let record = shared.db(move |a| a.user(&name)).await.map_err(|e| internal(req, e))?;
     let hash = record.as_ref().map(|r| r.password_hash.clone());
     // Unknown users verify against the dummy hash: the same work, the same answer.
-    let ok = shared.passwords.verify(password.into_zeroizing(), hash).await.map_err(|e| internal(req, e))?;
+    let ok = shared
+        .passwords
+        .verify(password.into_zeroizing(), hash)
+        .await
+        .map_err(|e| internal(req, e))?;
     let Some(record) = record.filter(|_| ok) else {
         tracing::info!(%user, %ip, "failed password login");
         return Err(err(req, ErrorCode::AuthFailed, AUTH_FAILED));
     };
     touch(shared, req, record.id, device, device_name).await?;
-    Ok((req, Identity { user, uid: record.id, device }, true))
+    Ok((
+        req,
+        Identity {
+            user,
+            uid: record.id,
+            device,
+        },
+        true,
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -354,17 +447,25 @@ async fn login_key(
     let name = user.clone();
     let key = spki.clone();
     let known = shared
-        .db(move |a| Ok(match a.user(&name)? {
-            Some(r) if a.has_key(r.id, &key)? => Some(r.id),
-            _ => None,
-        }))
+        .db(move |a| {
+            Ok(match a.user(&name)? {
+                Some(r) if a.has_key(r.id, &key)? => Some(r.id),
+                _ => None,
+            })
+        })
         .await
         .map_err(|e| internal(req, e))?;
     let message = user_auth_message(exporter, user.as_str());
-    let valid = tokio::task::spawn_blocking(move || verify_rsa_pss(&spki, &message, &signature).is_ok()).await.unwrap_or(false);
+    let valid = tokio::task::spawn_blocking(move || verify_rsa_pss(&spki, &message, &signature).is_ok())
+        .await
+        .unwrap_or(false);
     let Some(uid) = known.filter(|_| valid) else {
         tracing::info!(%user, %ip, "failed key login");
-        return Err(err(req, ErrorCode::AuthFailed, "the key is not attached to that user, or the signature is wrong"));
+        return Err(err(
+            req,
+            ErrorCode::AuthFailed,
+            "the key is not attached to that user, or the signature is wrong",
+        ));
     };
     touch(shared, req, uid, device, device_name).await?;
     Ok((req, Identity { user, uid, device }, true))
@@ -374,7 +475,11 @@ async fn login_key(
 async fn issue(shared: &Shared, id: &Identity) -> Result<ServerMsg, End> {
     let expires = now_ms() + shared.config.limits.ticket_lifetime().as_millis() as u64;
     let ticket = new_ticket(id.uid, id.device.get(), expires);
-    let push = ServerMsg::Ticket { ticket_id: ticket.id, secret: (*ticket.secret).into(), expires_at: Timestamp(expires) };
+    let push = ServerMsg::Ticket {
+        ticket_id: ticket.id,
+        secret: (*ticket.secret).into(),
+        expires_at: Timestamp(expires),
+    };
     shared.db(move |a| a.insert_ticket(&ticket)).await?;
     Ok(push)
 }
@@ -505,7 +610,13 @@ impl Live {
     }
 
     /// Writes a push and whatever else is queued behind it, as one write.
-    fn pushes<S>(&mut self, t: &mut Transport<S>, session: &mut Session, first: Arc<ServerMsg>, inbox: &mut Inbox) -> Result<(), End> {
+    fn pushes<S>(
+        &mut self,
+        t: &mut Transport<S>,
+        session: &mut Session,
+        first: Arc<ServerMsg>,
+        inbox: &mut Inbox,
+    ) -> Result<(), End> {
         let mut next = Some(first);
         let mut n = 0;
         while let Some(push) = next {
@@ -573,22 +684,32 @@ impl Live {
         let reply = match msg {
             ClientMsg::Ping { nonce } => ServerMsg::Pong { nonce },
             ClientMsg::Pong { .. } => return Ok(None),
-            ClientMsg::Register { req, .. } | ClientMsg::LoginPassword { req, .. } | ClientMsg::LoginKey { req, .. } | ClientMsg::LoginTicket { req } => {
-                err(req, ErrorCode::BadRequest, "already logged in")
-            }
-            ClientMsg::Send { req, to, client_id, action, text } => return Ok(self.send(req, to, client_id, action, text).await),
+            ClientMsg::Register { req, .. }
+            | ClientMsg::LoginPassword { req, .. }
+            | ClientMsg::LoginKey { req, .. }
+            | ClientMsg::LoginTicket { req } => err(req, ErrorCode::BadRequest, "already logged in"),
+            ClientMsg::Send {
+                req,
+                to,
+                client_id,
+                action,
+                text,
+            } => return Ok(self.send(req, to, client_id, action, text).await),
             ClientMsg::Ack { up_to } => {
                 self.ack(up_to);
                 return Ok(None);
             }
             ClientMsg::Typing { to } => {
-                if let Target::User(peer) = &to {
-                    let push = Arc::new(ServerMsg::TypingNotice { from: self.id.user.clone(), to: Target::User(peer.clone()) });
-                    self.shared.router.push_to_user(peer, &push, None);
-                }
+                crate::social::typing(&self.shared, &self.id, to).await;
                 return Ok(None);
             }
-            ClientMsg::History { req, with, before, after, limit } => self.history(req, with, before, after, limit).await,
+            ClientMsg::History {
+                req,
+                with,
+                before,
+                after,
+                limit,
+            } => self.history(req, with, before, after, limit).await,
             ClientMsg::RequestTicket { req } => {
                 let ticket = issue(&self.shared, &self.id).await?;
                 self.shared.router.push_to_user(&self.id.user, &Arc::new(ticket), None);
@@ -600,12 +721,18 @@ impl Live {
                 self.logged_out = true;
                 ServerMsg::Ok { req }
             }
-            ClientMsg::ChangePassword { req, old_password, new_password } => self.change_password(req, old_password, new_password).await?,
+            ClientMsg::ChangePassword {
+                req,
+                old_password,
+                new_password,
+            } => self.change_password(req, old_password, new_password).await?,
             ClientMsg::AddUserKey { req, public_key_der } => match check_public_key(&public_key_der) {
                 Err(e) => err(req, ErrorCode::BadRequest, e.to_string()),
                 Ok(()) => {
                     let uid = self.id.uid;
-                    self.shared.db(move |a| a.add_key(uid, &public_key_der, now_ms())).await?;
+                    self.shared
+                        .db(move |a| a.add_key(uid, &public_key_der, now_ms()))
+                        .await?;
                     ServerMsg::Ok { req }
                 }
             },
@@ -624,7 +751,12 @@ impl Live {
                 let devices = devices
                     .into_iter()
                     .filter_map(|d| {
-                        Some(DeviceInfo { id: DeviceId::new(d.id)?, name: d.name, last_seen: Timestamp(d.last_seen_ms), current: d.id == current })
+                        Some(DeviceInfo {
+                            id: DeviceId::new(d.id)?,
+                            name: d.name,
+                            last_seen: Timestamp(d.last_seen_ms),
+                            current: d.id == current,
+                        })
                     })
                     .collect();
                 ServerMsg::Devices { req, devices }
@@ -634,13 +766,15 @@ impl Live {
                 if self.shared.db(move |a| a.remove_device(uid, device_id.get())).await? {
                     ServerMsg::Ok { req }
                 } else {
-                    err(req, ErrorCode::NotFound, format!("you have no device {}", device_id.get()))
+                    err(
+                        req,
+                        ErrorCode::NotFound,
+                        format!("you have no device {}", device_id.get()),
+                    )
                 }
             }
-            other => {
-                // Rooms, contacts, presence and blocking are the next slice (issue 4).
-                ServerMsg::error(other.request_id(), ErrorCode::Unsupported, format!("{} is not supported by this server yet", other.name()))
-            }
+            // Rooms, contacts, presence and blocking.
+            other => crate::social::handle(&self.shared, &self.id, other).await?,
         };
         Ok(Some(reply))
     }
@@ -653,54 +787,83 @@ impl Live {
         self.acked = up_to;
         while self.unacked.front().is_some_and(|(id, _)| *id <= up_to) {
             if let Some((id, from)) = self.unacked.pop_front() {
-                let receipt = Arc::new(ServerMsg::Receipt { id: MessageId(id), user: self.id.user.clone(), device_id: self.id.device });
+                let receipt = Arc::new(ServerMsg::Receipt {
+                    id: MessageId(id),
+                    user: self.id.user.clone(),
+                    device_id: self.id.device,
+                });
                 self.shared.router.push_to_user(&from, &receipt, None);
             }
         }
     }
 
-    async fn send(&mut self, req: RequestId, to: Target, client_id: String, action: bool, text: String) -> Option<ServerMsg> {
+    async fn send(
+        &mut self,
+        req: RequestId,
+        to: Target,
+        client_id: String,
+        action: bool,
+        text: String,
+    ) -> Option<ServerMsg> {
         if let Err(wait) = self.shared.limits.messages_per_user.check(&self.id.user) {
             return Some(limited(req, "messages", wait));
         }
-        match &to {
-            Target::User(peer) => {
-                let name = peer.clone();
-                match self.shared.db(move |a| a.user(&name)).await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => return Some(err(req, ErrorCode::NoSuchUser, format!("no user named {peer}"))),
-                    Err(e) => return Some(internal(req, e)),
-                }
-            }
-            Target::Room(_) => return Some(err(req, ErrorCode::Unsupported, "rooms are not supported by this server yet")),
+        if let Err(refusal) = crate::social::may_send(&self.shared, &self.id, &to).await {
+            return Some(refusal.reply(req));
         }
         if self.recent_sends.len() >= RECENT_SENDS {
             self.recent_sends.pop_front();
         }
         self.recent_sends.push_back(client_id.clone());
-        let msg = NewMessage { from: self.id.user.clone(), to, client_id, action, text, sender_device: self.id.device.get() };
+        let msg = NewMessage {
+            from: self.id.user.clone(),
+            to,
+            client_id,
+            action,
+            text,
+            sender_device: self.id.device.get(),
+        };
         let log = self.shared.log.clone();
         self.pending.push_back(Box::pin(async move {
             match log.append(msg).await {
-                Ok(Appended::New(m) | Appended::Duplicate(m)) => {
-                    ServerMsg::Sent { req, id: MessageId(m.id), ts: Timestamp(m.ts), client_id: m.client_id }
-                }
+                Ok(Appended::New(m) | Appended::Duplicate(m)) => ServerMsg::Sent {
+                    req,
+                    id: MessageId(m.id),
+                    ts: Timestamp(m.ts),
+                    client_id: m.client_id,
+                },
                 Err(e) => internal(req, e),
             }
         }));
         None
     }
 
-    async fn history(&mut self, req: RequestId, with: Target, before: Option<MessageId>, after: Option<MessageId>, limit: u16) -> ServerMsg {
-        let conv = match &with {
-            Target::User(peer) => Conversation::direct(&self.id.user, peer),
-            Target::Room(_) => return err(req, ErrorCode::Unsupported, "rooms are not supported by this server yet"),
+    async fn history(
+        &mut self,
+        req: RequestId,
+        with: Target,
+        before: Option<MessageId>,
+        after: Option<MessageId>,
+        limit: u16,
+    ) -> ServerMsg {
+        let forward = after.is_some() && before.is_none();
+        let (conv, visible_from) = match crate::social::history_scope(&self.shared, &self.id, &with).await {
+            Ok(scope) => scope,
+            Err(refusal) => return refusal.reply(req),
+        };
+        // A room member sees the room from the moment they joined: nothing at or before it.
+        let after = match (after, visible_from) {
+            (a, 0) => a,
+            (Some(a), v) => Some(MessageId(a.0.max(v))),
+            (None, v) => Some(MessageId(v)),
         };
         let log = self.shared.log.clone();
         let limit = usize::from(limit).min(MAX_PAGE);
-        let page = tokio::task::spawn_blocking(move || log.history(&conv, before.map(|b| b.0), after.map(|a| a.0), limit)).await;
+        let page =
+            tokio::task::spawn_blocking(move || log.history(&conv, before.map(|b| b.0), after.map(|a| a.0), limit))
+                .await;
         match page {
-            Ok(Ok((messages, more))) => history_page(req, messages, more, after.is_some() && before.is_none()),
+            Ok(Ok((messages, more))) => history_page(req, messages, more, forward),
             Ok(Err(e)) => internal(req, e),
             Err(e) => internal(req, e),
         }
@@ -708,17 +871,31 @@ impl Live {
 
     async fn change_password(&mut self, req: RequestId, old: Password, new: Password) -> Result<ServerMsg, End> {
         if new.expose().chars().count() < MIN_PASSWORD_CHARS {
-            return Ok(err(req, ErrorCode::WeakPassword, format!("passwords need at least {MIN_PASSWORD_CHARS} characters")));
+            return Ok(err(
+                req,
+                ErrorCode::WeakPassword,
+                format!("passwords need at least {MIN_PASSWORD_CHARS} characters"),
+            ));
         }
         let uid = self.id.uid;
         let Some(record) = self.shared.db(move |a| a.user_by_id(uid)).await? else {
             return Err(End::new(ErrorCode::AuthFailed, "account deleted"));
         };
-        let ok = self.shared.passwords.verify(old.into_zeroizing(), Some(record.password_hash)).await.map_err(|e| End::new(ErrorCode::Internal, e.to_string()))?;
+        let ok = self
+            .shared
+            .passwords
+            .verify(old.into_zeroizing(), Some(record.password_hash))
+            .await
+            .map_err(|e| End::new(ErrorCode::Internal, e.to_string()))?;
         if !ok {
             return Ok(err(req, ErrorCode::AuthFailed, "the old password is wrong"));
         }
-        let hash = self.shared.passwords.hash(new.into_zeroizing()).await.map_err(|e| End::new(ErrorCode::Internal, e.to_string()))?;
+        let hash = self
+            .shared
+            .passwords
+            .hash(new.into_zeroizing())
+            .await
+            .map_err(|e| End::new(ErrorCode::Internal, e.to_string()))?;
         let device = self.id.device.get();
         self.shared
             .db(move |a| {
@@ -736,8 +913,15 @@ impl Live {
 fn history_page(req: RequestId, mut messages: Vec<StoredMessage>, mut more: bool, forward: bool) -> ServerMsg {
     let mut size = PAGE_SLACK;
     let mut keep = 0;
-    let sizes: Vec<usize> = messages.iter().map(|m| 40 + m.text.len() + m.client_id.len() + m.from.as_str().len() + m.to.as_str().len()).collect();
-    let order: Box<dyn Iterator<Item = usize>> = if forward { Box::new(0..sizes.len()) } else { Box::new((0..sizes.len()).rev()) };
+    let sizes: Vec<usize> = messages
+        .iter()
+        .map(|m| 40 + m.text.len() + m.client_id.len() + m.from.as_str().len() + m.to.as_str().len())
+        .collect();
+    let order: Box<dyn Iterator<Item = usize>> = if forward {
+        Box::new(0..sizes.len())
+    } else {
+        Box::new((0..sizes.len()).rev())
+    };
     for i in order {
         if size + sizes[i] > MAX_RECORD_PLAINTEXT {
             more = true;

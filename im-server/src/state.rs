@@ -48,7 +48,10 @@ impl Shared {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 pub fn chat_message(m: &StoredMessage) -> ChatMessage {
@@ -76,11 +79,7 @@ pub async fn dispatch(shared: Arc<Shared>, mut committed: mpsc::UnboundedReceive
                     shared.router.push_to_user(&m.from, &push, sender_device);
                 }
             }
-            Target::Room(_) => {
-                // Rooms are routed by the rooms module once it exists; until then a room
-                // message reaches its sender's other devices only.
-                shared.router.push_to_user(&m.from, &push, sender_device);
-            }
+            Target::Room(room) => crate::social::fan_out(&shared, room, &m.from, sender_device, &push),
         }
     }
 }
@@ -90,7 +89,12 @@ pub fn format_ms(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm.

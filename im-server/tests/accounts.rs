@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use im_proto::{RoomName, UserName};
 use im_server::store::accounts::{
-    APPLICATION_ID, Accounts, AccountsError, ContactOutcome, ContactState, Role, SCHEMA_VERSION,
-    Ticket, UserId,
+    APPLICATION_ID, Accounts, AccountsError, ContactOutcome, ContactState, Role, SCHEMA_VERSION, Ticket, UserId,
 };
 use tempfile::TempDir;
 use zeroize::Zeroizing;
@@ -80,18 +79,12 @@ fn users_are_created_once_under_their_folded_name() {
     assert!(db.user(&user("carol")).unwrap().is_none());
 
     db.set_password(bob, "new hash").unwrap();
-    assert_eq!(
-        db.user(&user("bob")).unwrap().unwrap().password_hash,
-        "new hash"
-    );
+    assert_eq!(db.user(&user("bob")).unwrap().unwrap().password_hash, "new hash");
     assert!(matches!(
         db.set_password(UserId(999), "x"),
         Err(AccountsError::NotFound("user"))
     ));
-    assert!(
-        !format!("{found:?}").contains("argon2"),
-        "Debug shows the hash"
-    );
+    assert!(!format!("{found:?}").contains("argon2"), "Debug shows the hash");
 }
 
 #[test]
@@ -137,10 +130,7 @@ fn user_keys() {
     assert!(!db.has_key(bob, b"spki-1").unwrap());
     let keys = db.keys(alice).unwrap();
     assert_eq!(keys.len(), 2);
-    assert_eq!(
-        (keys[0].spki_der.as_slice(), keys[0].added_ms),
-        (&b"spki-1"[..], NOW)
-    );
+    assert_eq!((keys[0].spki_der.as_slice(), keys[0].added_ms), (&b"spki-1"[..], NOW));
     assert!(db.remove_key(alice, b"spki-1").unwrap());
     assert!(!db.remove_key(alice, b"spki-1").unwrap());
     assert!(!db.has_key(alice, b"spki-1").unwrap());
@@ -165,10 +155,7 @@ fn devices_and_cursors_that_never_move_back() {
     assert_eq!(devices.len(), 2);
     assert_eq!(devices[0].id, 7);
     assert_eq!(devices[0].name, "old laptop");
-    assert_eq!(
-        (devices[0].created_ms, devices[0].last_seen_ms),
-        (NOW, NOW + 10)
-    );
+    assert_eq!((devices[0].created_ms, devices[0].last_seen_ms), (NOW, NOW + 10));
     assert_eq!(devices[0].cursor, 0);
     assert_eq!(devices[1].id, u64::MAX);
 
@@ -177,11 +164,7 @@ fn devices_and_cursors_that_never_move_back() {
     assert_eq!(db.advance_cursor(alice, 7, 40).unwrap(), 100);
     assert_eq!(db.cursor(alice, 7).unwrap(), Some(100));
     assert_eq!(db.advance_cursor(alice, u64::MAX, 5).unwrap(), 5);
-    assert_eq!(
-        db.cursor(bob, 7).unwrap(),
-        Some(0),
-        "cursors are per user and device"
-    );
+    assert_eq!(db.cursor(bob, 7).unwrap(), Some(0), "cursors are per user and device");
     assert_eq!(db.cursor(alice, 8).unwrap(), None);
     assert!(matches!(
         db.advance_cursor(alice, 8, 1),
@@ -222,10 +205,7 @@ fn tickets_expire_and_are_revoked_per_device() {
     ));
 
     let t = db.ticket(&[3; 16], NOW).unwrap().expect("ticket 3");
-    assert_eq!(
-        (t.user, t.user_name.as_str(), t.device_id),
-        (alice, "alice", 2)
-    );
+    assert_eq!((t.user, t.user_name.as_str(), t.device_id), (alice, "alice", 2));
     assert_eq!(*t.secret, [3 ^ 0xff; 32]);
     assert_eq!(t.expires_ms, NOW + 100);
     assert!(!format!("{t:?}").contains("252"), "Debug shows the secret");
@@ -294,20 +274,11 @@ fn rooms_members_roles_topics_and_bans() {
     assert_eq!((rooms[1].name.as_str(), rooms[1].members), ("#rust", 2));
     let of_bob = db.rooms_of(bob).unwrap();
     assert_eq!(of_bob.len(), 2);
-    assert_eq!(
-        (of_bob[1].room.as_str(), of_bob[1].joined_at_msg_id),
-        ("#rust", 20)
-    );
+    assert_eq!((of_bob[1].room.as_str(), of_bob[1].joined_at_msg_id), ("#rust", 20));
     assert_eq!(of_bob[0].role, Role::Owner);
     let members = db.members(&rust).unwrap();
-    let listed: Vec<_> = members
-        .iter()
-        .map(|m| (m.name.as_str(), m.user, m.role))
-        .collect();
-    assert_eq!(
-        listed,
-        vec![("alice", alice, Role::Owner), ("bob", bob, Role::Member)]
-    );
+    let listed: Vec<_> = members.iter().map(|m| (m.name.as_str(), m.user, m.role)).collect();
+    assert_eq!(listed, vec![("alice", alice, Role::Owner), ("bob", bob, Role::Member)]);
     assert_eq!(db.member_role(&rust, bob).unwrap(), Some(Role::Member));
     assert_eq!(db.member_role(&rust, carol).unwrap(), None);
     assert_eq!(db.member_role(&room("#none"), bob).unwrap(), None);
@@ -316,16 +287,10 @@ fn rooms_members_roles_topics_and_bans() {
     assert_eq!(db.topic(&rust).unwrap(), None);
     db.set_topic(&rust, Some("all things rust")).unwrap();
     assert_eq!(db.topic(&rust).unwrap().as_deref(), Some("all things rust"));
-    assert_eq!(
-        db.rooms().unwrap()[1].topic.as_deref(),
-        Some("all things rust")
-    );
+    assert_eq!(db.rooms().unwrap()[1].topic.as_deref(), Some("all things rust"));
     db.set_topic(&rust, None).unwrap();
     assert_eq!(db.topic(&rust).unwrap(), None);
-    assert!(matches!(
-        db.topic(&room("#none")),
-        Err(AccountsError::NotFound("room"))
-    ));
+    assert!(matches!(db.topic(&room("#none")), Err(AccountsError::NotFound("room"))));
     assert!(matches!(
         db.set_topic(&room("#none"), Some("x")),
         Err(AccountsError::NotFound(_))
@@ -347,14 +312,9 @@ fn rooms_members_roles_topics_and_bans() {
     assert!(!db.is_banned(&room("#go"), bob).unwrap());
     assert_eq!(db.member_role(&rust, bob).unwrap(), None);
     assert_eq!(names(&db.banned(&rust).unwrap()), ["bob"]);
-    assert!(
-        matches!(db.join_room(&rust, bob, 50, NOW), Err(AccountsError::Banned(r)) if r == rust)
-    );
+    assert!(matches!(db.join_room(&rust, bob, 50, NOW), Err(AccountsError::Banned(r)) if r == rust));
     assert_eq!(db.members(&rust).unwrap().len(), 1);
-    assert!(
-        db.ban(&rust, carol, alice, NOW).unwrap(),
-        "a non-member can be banned"
-    );
+    assert!(db.ban(&rust, carol, alice, NOW).unwrap(), "a non-member can be banned");
     assert!(matches!(
         db.ban(&room("#none"), bob, alice, NOW),
         Err(AccountsError::NotFound("room"))
@@ -384,11 +344,7 @@ fn rooms_members_roles_topics_and_bans() {
         db.join_room(&room("#x"), UserId(999), 0, NOW),
         Err(AccountsError::NotFound("user"))
     ));
-    assert_eq!(
-        db.count_rooms().unwrap(),
-        2,
-        "a failed join creates no room"
-    );
+    assert_eq!(db.count_rooms().unwrap(), 2, "a failed join creates no room");
 }
 
 #[test]
@@ -405,10 +361,7 @@ fn contacts_are_mutual() {
             .map(|c| c.state)
     };
 
-    assert_eq!(
-        db.contact_request(alice, bob).unwrap(),
-        ContactOutcome::Requested
-    );
+    assert_eq!(db.contact_request(alice, bob).unwrap(), ContactOutcome::Requested);
     assert_eq!(
         db.contact_request(alice, bob).unwrap(),
         ContactOutcome::AlreadyRequested
@@ -416,35 +369,20 @@ fn contacts_are_mutual() {
     assert_eq!(state(alice, "bob"), Some(ContactState::Outgoing));
     assert_eq!(state(bob, "alice"), Some(ContactState::Incoming));
     assert!(!db.are_contacts(alice, bob).unwrap());
-    assert!(
-        !db.contact_accept(alice, bob).unwrap(),
-        "accepting one's own request"
-    );
-    assert!(
-        !db.contact_accept(carol, alice).unwrap(),
-        "accepting no request"
-    );
+    assert!(!db.contact_accept(alice, bob).unwrap(), "accepting one's own request");
+    assert!(!db.contact_accept(carol, alice).unwrap(), "accepting no request");
 
     assert!(db.contact_accept(bob, alice).unwrap());
     assert!(!db.contact_accept(bob, alice).unwrap());
     assert!(db.are_contacts(alice, bob).unwrap() && db.are_contacts(bob, alice).unwrap());
     assert_eq!(state(alice, "bob"), Some(ContactState::Accepted));
     assert_eq!(state(bob, "alice"), Some(ContactState::Accepted));
-    assert_eq!(
-        db.contact_request(bob, alice).unwrap(),
-        ContactOutcome::AlreadyContacts
-    );
+    assert_eq!(db.contact_request(bob, alice).unwrap(), ContactOutcome::AlreadyContacts);
     assert_eq!(db.contacts(bob).unwrap()[0].user, alice);
 
     // Asking someone who asked you accepts.
-    assert_eq!(
-        db.contact_request(carol, alice).unwrap(),
-        ContactOutcome::Requested
-    );
-    assert_eq!(
-        db.contact_request(alice, carol).unwrap(),
-        ContactOutcome::Accepted
-    );
+    assert_eq!(db.contact_request(carol, alice).unwrap(), ContactOutcome::Requested);
+    assert_eq!(db.contact_request(alice, carol).unwrap(), ContactOutcome::Accepted);
     assert!(db.are_contacts(carol, alice).unwrap());
     assert_eq!(db.contacts(alice).unwrap().len(), 2);
 
@@ -460,10 +398,7 @@ fn contacts_are_mutual() {
     // A declined request is gone; one can ask again.
     db.contact_request(bob, carol).unwrap();
     assert!(db.contact_remove(carol, bob).unwrap());
-    assert_eq!(
-        db.contact_request(bob, carol).unwrap(),
-        ContactOutcome::Requested
-    );
+    assert_eq!(db.contact_request(bob, carol).unwrap(), ContactOutcome::Requested);
 
     assert!(matches!(
         db.contact_request(alice, alice),
@@ -492,14 +427,8 @@ fn blocks_are_one_sided() {
     assert!(!db.unblock(alice, bob).unwrap());
     assert!(!db.is_blocked(alice, bob).unwrap());
     assert_eq!(names(&db.blocked(alice).unwrap()), ["carol"]);
-    assert!(matches!(
-        db.block(alice, alice),
-        Err(AccountsError::Invalid(_))
-    ));
-    assert!(matches!(
-        db.block(alice, UserId(999)),
-        Err(AccountsError::NotFound(_))
-    ));
+    assert!(matches!(db.block(alice, alice), Err(AccountsError::Invalid(_))));
+    assert!(matches!(db.block(alice, UserId(999)), Err(AccountsError::NotFound(_))));
 }
 
 #[test]
@@ -508,18 +437,12 @@ fn presence_status_is_kept() {
     let alice = add(&db, "alice");
     assert_eq!(db.presence(alice).unwrap(), (0, None));
     db.set_presence(alice, 2, Some("at lunch")).unwrap();
-    assert_eq!(
-        db.presence(alice).unwrap(),
-        (2, Some("at lunch".to_owned()))
-    );
+    assert_eq!(db.presence(alice).unwrap(), (2, Some("at lunch".to_owned())));
     db.set_presence(alice, 255, None).unwrap();
     drop(db);
     let db = Accounts::open(&path).unwrap();
     assert_eq!(db.presence(alice).unwrap(), (255, None));
-    assert!(matches!(
-        db.presence(UserId(999)),
-        Err(AccountsError::NotFound("user"))
-    ));
+    assert!(matches!(db.presence(UserId(999)), Err(AccountsError::NotFound("user"))));
     assert!(matches!(
         db.set_presence(UserId(999), 1, None),
         Err(AccountsError::NotFound(_))
@@ -551,9 +474,7 @@ fn reopening_keeps_everything_and_migrates_once() {
     assert_eq!(pragma(&path, "user_version"), SCHEMA_VERSION);
     assert_eq!(pragma(&path, "application_id"), i64::from(APPLICATION_ID));
     let conn = rusqlite::Connection::open(&path).unwrap();
-    let journal: String = conn
-        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-        .unwrap();
+    let journal: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
     assert_eq!(journal, "wal");
 }
 
@@ -562,8 +483,7 @@ fn a_newer_schema_is_refused() {
     let (_dir, path, db) = fresh();
     drop(db);
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION + 98)
-        .unwrap();
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION + 98).unwrap();
     drop(conn);
     let err = Accounts::open(&path).unwrap_err();
     assert!(matches!(err, AccountsError::TooNew { found, supported, .. }
@@ -584,15 +504,8 @@ fn assert_refused(path: &Path) -> AccountsError {
     let dir_before = list_dir(path.parent().unwrap());
     let err = Accounts::open(path).unwrap_err();
     assert!(matches!(err, AccountsError::Foreign { .. }), "{err:?}");
-    assert!(
-        err.to_string().contains(&path.display().to_string()),
-        "{err}"
-    );
-    assert_eq!(
-        fs::read(path).unwrap(),
-        before,
-        "the refused file was changed"
-    );
+    assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+    assert_eq!(fs::read(path).unwrap(), before, "the refused file was changed");
     assert_eq!(
         list_dir(path.parent().unwrap()),
         dir_before,
@@ -615,8 +528,7 @@ fn another_programs_sqlite_file_is_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("other.db");
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.pragma_update(None, "application_id", 0x1234_5678)
-        .unwrap();
+    conn.pragma_update(None, "application_id", 0x1234_5678).unwrap();
     conn.execute_batch("CREATE TABLE users (x); INSERT INTO users VALUES ('precious');")
         .unwrap();
     drop(conn);
@@ -680,9 +592,7 @@ fn two_connections_write_at_once() {
                 start.wait();
                 let db = Accounts::open(&path).unwrap();
                 for i in 0..50 {
-                    let id = db
-                        .create_user(&user(&format!("{prefix}{i}")), HASH, NOW)
-                        .unwrap();
+                    let id = db.create_user(&user(&format!("{prefix}{i}")), HASH, NOW).unwrap();
                     db.touch_device(id, 1, "d", NOW).unwrap();
                     db.join_room(&room("#all"), id, i, NOW).unwrap();
                 }
@@ -736,14 +646,8 @@ fn malformed_names_read_back_are_reported_as_corruption() {
     let db = Accounts::open(&path).unwrap();
     let err = db.list_users().unwrap_err();
     assert!(matches!(err, AccountsError::Corrupt { .. }), "{err:?}");
-    assert!(
-        err.to_string().contains(&path.display().to_string()),
-        "{err}"
-    );
-    assert!(
-        db.user(&user("alice")).unwrap().is_some(),
-        "the good rows still read"
-    );
+    assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+    assert!(db.user(&user("alice")).unwrap().is_some(), "the good rows still read");
 }
 
 #[test]
@@ -762,8 +666,5 @@ fn online_backup() {
 
     let copy = Accounts::open(&dest).unwrap();
     assert_eq!(copy.list_users().unwrap(), vec![(user("alice"), NOW)]);
-    assert_eq!(
-        copy.member_role(&room("#a"), alice).unwrap(),
-        Some(Role::Owner)
-    );
+    assert_eq!(copy.member_role(&room("#a"), alice).unwrap(), Some(Role::Owner));
 }

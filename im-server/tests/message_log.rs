@@ -10,9 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use im_proto::{RoomName, Target, UserName};
-use im_server::store::messages::{
-    Appended, Conversation, MessageLog, NewMessage, StoreError, StoredMessage,
-};
+use im_server::store::messages::{Appended, Conversation, MessageLog, NewMessage, StoreError, StoredMessage};
 
 fn u(s: &str) -> UserName {
     UserName::parse(s).unwrap()
@@ -71,10 +69,7 @@ fn ids_increase_and_timestamps_never_go_back() {
     let log = MessageLog::open_with_clock(dir.path(), clock).unwrap();
     assert_eq!(log.last_id(), 0);
     let mut got = Vec::new();
-    for (i, t) in [5_000u64, 6_000, 4_000, 4_000, 9_000]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, t) in [5_000u64, 6_000, 4_000, 4_000, 9_000].into_iter().enumerate() {
         now.store(1_700_000_000_000 + t, Ordering::SeqCst);
         got.push(append(&log, "alice", "#general", &format!("m{i}")));
     }
@@ -88,9 +83,7 @@ fn ids_increase_and_timestamps_never_go_back() {
     assert_eq!(log.last_id(), 5);
     assert_eq!(log.count().unwrap(), 5);
     // What was stored is what was returned.
-    let (page, more) = log
-        .history(&Conversation::Room(r("#general")), None, None, 10)
-        .unwrap();
+    let (page, more) = log.history(&Conversation::Room(r("#general")), None, None, 10).unwrap();
     assert_eq!(page, got);
     assert!(!more);
 }
@@ -148,12 +141,7 @@ fn history_pages_before_and_after_with_more() {
     assert!(page.is_empty() && more);
     assert!(log.history(&room, Some(0), None, 5).unwrap().0.is_empty());
     assert!(log.history(&room, Some(1), None, 5).unwrap().0.is_empty());
-    assert!(
-        log.history(&room, None, Some(u64::MAX), 5)
-            .unwrap()
-            .0
-            .is_empty()
-    );
+    assert!(log.history(&room, None, Some(u64::MAX), 5).unwrap().0.is_empty());
     assert!(
         log.history(&Conversation::Room(r("#empty")), None, None, 5)
             .unwrap()
@@ -171,21 +159,11 @@ fn direct_conversation_is_symmetric() {
     append(&log, "alice", "carol", "hi carol");
     let c = append(&log, "alice", "Bob", "case folded");
     let ab = log
-        .history(
-            &Conversation::direct(&u("alice"), &u("bob")),
-            None,
-            None,
-            10,
-        )
+        .history(&Conversation::direct(&u("alice"), &u("bob")), None, None, 10)
         .unwrap()
         .0;
     let ba = log
-        .history(
-            &Conversation::direct(&u("bob"), &u("alice")),
-            None,
-            None,
-            10,
-        )
+        .history(&Conversation::direct(&u("bob"), &u("alice")), None, None, 10)
         .unwrap()
         .0;
     assert_eq!(ab, vec![a, b, c]);
@@ -194,12 +172,7 @@ fn direct_conversation_is_symmetric() {
     // Talking to oneself is a conversation too, stored once.
     let me = append(&log, "alice", "alice", "note to self");
     let (own, _) = log
-        .history(
-            &Conversation::direct(&u("alice"), &u("alice")),
-            None,
-            None,
-            10,
-        )
+        .history(&Conversation::direct(&u("alice"), &u("alice")), None, None, 10)
         .unwrap();
     assert_eq!(own, vec![me.clone()]);
     let caught = log.catch_up(&u("alice"), &[], me.id - 1, 10).unwrap();
@@ -210,25 +183,19 @@ fn direct_conversation_is_symmetric() {
 fn dedup_by_sender_and_client_id() {
     let dir = tempfile::tempdir().unwrap();
     let log = MessageLog::open(dir.path()).unwrap();
-    let first = log
-        .append_blocking(msg("alice", "bob", "c-1", "hello"))
-        .unwrap();
+    let first = log.append_blocking(msg("alice", "bob", "c-1", "hello")).unwrap();
     let Appended::New(orig) = first else {
         panic!("first append not new: {first:?}")
     };
     // A retransmission, even with a different text or target, returns the original.
-    let again = log
-        .append_blocking(msg("alice", "bob", "c-1", "hello"))
-        .unwrap();
+    let again = log.append_blocking(msg("alice", "bob", "c-1", "hello")).unwrap();
     assert_eq!(again, Appended::Duplicate(orig.clone()));
     let odd = log
         .append_blocking(msg("alice", "#elsewhere", "c-1", "changed"))
         .unwrap();
     assert_eq!(odd, Appended::Duplicate(orig.clone()));
     // Another sender may use the same client id.
-    let other = log
-        .append_blocking(msg("bob", "alice", "c-1", "hello"))
-        .unwrap();
+    let other = log.append_blocking(msg("bob", "alice", "c-1", "hello")).unwrap();
     assert!(matches!(&other, Appended::New(m) if m.id == orig.id + 1));
     // Stored once each.
     let conv = Conversation::direct(&u("alice"), &u("bob"));
@@ -247,8 +214,7 @@ fn dedup_by_sender_and_client_id() {
     drop(log);
     let log = MessageLog::open(dir.path()).unwrap();
     assert_eq!(
-        log.append_blocking(msg("alice", "bob", "c-1", "x"))
-            .unwrap(),
+        log.append_blocking(msg("alice", "bob", "c-1", "x")).unwrap(),
         Appended::Duplicate(orig)
     );
 }
@@ -295,10 +261,7 @@ fn catch_up_merges_direct_messages_and_rooms() {
         got.iter()
             .any(|m| m.from == u("bob") && matches!(m.to, Target::User(_)))
     );
-    assert!(
-        got.iter()
-            .any(|m| m.to == Target::User(u("bob")) && m.from != u("bob"))
-    );
+    assert!(got.iter().any(|m| m.to == Target::User(u("bob")) && m.from != u("bob")));
     assert!(got.iter().any(|m| m.to == Target::Room(r("#a"))));
     assert!(got.iter().any(|m| m.to == Target::Room(r("#b"))));
     assert!(got.iter().all(|m| m.to != Target::Room(r("#c"))));
@@ -307,9 +270,7 @@ fn catch_up_merges_direct_messages_and_rooms() {
             .any(|m| m.to == Target::Room(r("#b")) && m.id <= room_joined_late)
     );
     // Listing a room twice does not repeat its messages.
-    let twice = log
-        .catch_up(&u("bob"), &[(r("#a"), 0), (r("#a"), 0)], 0, 1000)
-        .unwrap();
+    let twice = log.catch_up(&u("bob"), &[(r("#a"), 0), (r("#a"), 0)], 0, 1000).unwrap();
     let mut seen = ids(&twice);
     seen.dedup();
     assert_eq!(seen.len(), twice.len());
@@ -343,18 +304,11 @@ fn reopen_keeps_everything_and_ids_continue() {
     // Closing through one handle stops appends for all; reads go on until the last drop.
     let other = log.clone();
     log.close().unwrap();
-    let err = other
-        .append_blocking(msg("bob", "alice", "", "too late"))
-        .unwrap_err();
+    let err = other.append_blocking(msg("bob", "alice", "", "too late")).unwrap_err();
     assert!(matches!(err, StoreError::Closed), "{err:?}");
     assert_eq!(
         other
-            .history(
-                &Conversation::direct(&u("alice"), &u("bob")),
-                None,
-                None,
-                100
-            )
+            .history(&Conversation::direct(&u("alice"), &u("bob")), None, None, 100)
             .unwrap()
             .0
             .len(),
@@ -419,17 +373,11 @@ async fn concurrent_appends_are_group_committed() {
     .await
     .unwrap();
     acked.sort_by_key(|m| m.id);
-    assert_eq!(
-        stored, acked,
-        "every acknowledged message is readable as acknowledged"
-    );
+    assert_eq!(stored, acked, "every acknowledged message is readable as acknowledged");
 
     let stats = log.stats();
     assert_eq!(stats.appended, (TASKS * EACH) as u64);
-    assert!(
-        stats.commits < stats.appended,
-        "no batching happened: {stats:?}"
-    );
+    assert!(stats.commits < stats.appended, "no batching happened: {stats:?}");
     assert!(stats.commits >= 1);
 }
 
@@ -487,11 +435,7 @@ fn acknowledged_messages_survive_kill_9() {
     let mut stored_before = 0;
     for round in 0..3 {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "acknowledged_messages_survive_kill_9",
-                "--nocapture",
-            ])
+            .args(["--exact", "acknowledged_messages_survive_kill_9", "--nocapture"])
             .env(CRASH_CHILD_DIR, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -526,10 +470,7 @@ fn acknowledged_messages_survive_kill_9() {
             this_round.push(id);
         }
         child.wait().unwrap();
-        assert!(
-            killed && this_round.len() >= want,
-            "the child stopped early"
-        );
+        assert!(killed && this_round.len() >= want, "the child stopped early");
         assert!(
             this_round.iter().all(|&id| id > stored_before),
             "round {round}: an id was handed out again after a crash"
@@ -540,9 +481,7 @@ fn acknowledged_messages_survive_kill_9() {
         let log = MessageLog::open(dir.path()).unwrap();
         let mut found: HashMap<u64, (usize, String)> = HashMap::new();
         let mut convs = vec![Conversation::Room(RoomName::parse("#crash").unwrap())];
-        convs.extend(
-            (0..CRASH_WRITERS).map(|t| Conversation::direct(&u(&format!("w{t}")), &u("sink"))),
-        );
+        convs.extend((0..CRASH_WRITERS).map(|t| Conversation::direct(&u(&format!("w{t}")), &u("sink"))));
         for conv in &convs {
             for m in whole(&log, conv) {
                 assert_eq!(m.text, format!("text of {}", m.client_id));
@@ -578,22 +517,12 @@ fn retention_deletes_old_and_keeps_new() {
     let log = MessageLog::open_with_clock(dir.path(), clock).unwrap();
     let mut old = Vec::new();
     for i in 0..5 {
-        old.push(append(
-            &log,
-            "alice",
-            if i % 2 == 0 { "bob" } else { "#r" },
-            "old",
-        ));
+        old.push(append(&log, "alice", if i % 2 == 0 { "bob" } else { "#r" }, "old"));
     }
     now.store(101 * day, Ordering::SeqCst);
     let mut new = Vec::new();
     for i in 0..3 {
-        new.push(append(
-            &log,
-            "bob",
-            if i % 2 == 0 { "alice" } else { "#r" },
-            "new",
-        ));
+        new.push(append(&log, "bob", if i % 2 == 0 { "alice" } else { "#r" }, "new"));
     }
     assert_eq!(log.count().unwrap(), 8);
 
@@ -610,12 +539,7 @@ fn retention_deletes_old_and_keeps_new() {
     assert_eq!(log.catch_up(&u("alice"), &rooms, 0, 100).unwrap(), new);
     assert_eq!(log.catch_up(&u("bob"), &rooms, 0, 100).unwrap(), new);
     let dm = log
-        .history(
-            &Conversation::direct(&u("alice"), &u("bob")),
-            None,
-            None,
-            100,
-        )
+        .history(&Conversation::direct(&u("alice"), &u("bob")), None, None, 100)
         .unwrap()
         .0;
     assert_eq!(ids(&dm), [new[0].id, new[2].id]);
@@ -640,10 +564,7 @@ fn foreign_and_unknown_directories_are_refused() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names, ["notes.txt"]);
-    assert_eq!(
-        std::fs::read(dir.path().join("notes.txt")).unwrap(),
-        b"precious"
-    );
+    assert_eq!(std::fs::read(dir.path().join("notes.txt")).unwrap(), b"precious");
 
     // A file where the directory should be.
     let file = dir.path().join("notes.txt");
@@ -659,9 +580,7 @@ fn foreign_and_unknown_directories_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
         let db = fjall::Database::builder(dir.path()).open().unwrap();
-        let ks = db
-            .keyspace("theirs", fjall::KeyspaceCreateOptions::default)
-            .unwrap();
+        let ks = db.keyspace("theirs", fjall::KeyspaceCreateOptions::default).unwrap();
         ks.insert("k", "v").unwrap();
         db.persist(fjall::PersistMode::SyncAll).unwrap();
     }
@@ -673,9 +592,7 @@ fn foreign_and_unknown_directories_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
         let db = fjall::Database::builder(dir.path()).open().unwrap();
-        let ks = db
-            .keyspace("meta", fjall::KeyspaceCreateOptions::default)
-            .unwrap();
+        let ks = db.keyspace("meta", fjall::KeyspaceCreateOptions::default).unwrap();
         ks.insert("schema", "theirs").unwrap();
         db.persist(fjall::PersistMode::SyncAll).unwrap();
     }
@@ -683,19 +600,14 @@ fn foreign_and_unknown_directories_are_refused() {
     assert!(matches!(err, StoreError::Foreign { .. }), "{err:?}");
     {
         let db = fjall::Database::builder(dir.path()).open().unwrap();
-        assert_eq!(
-            db.keyspace_count(),
-            1,
-            "keyspaces were created in a foreign database"
-        );
+        assert_eq!(db.keyspace_count(), 1, "keyspaces were created in a foreign database");
     }
 
     // Our own creation cut short (empty keyspaces of ours, no format marker yet): completed.
     let dir = tempfile::tempdir().unwrap();
     {
         let db = fjall::Database::builder(dir.path()).open().unwrap();
-        db.keyspace("msgs", fjall::KeyspaceCreateOptions::default)
-            .unwrap();
+        db.keyspace("msgs", fjall::KeyspaceCreateOptions::default).unwrap();
     }
     let log = MessageLog::open(dir.path()).unwrap();
     assert_eq!(append(&log, "a", "b", "works").id, 1);
@@ -706,19 +618,14 @@ fn foreign_and_unknown_directories_are_refused() {
     MessageLog::open(dir.path()).unwrap().close().unwrap();
     {
         let db = fjall::Database::builder(dir.path()).open().unwrap();
-        let meta = db
-            .keyspace("meta", fjall::KeyspaceCreateOptions::default)
-            .unwrap();
+        let meta = db.keyspace("meta", fjall::KeyspaceCreateOptions::default).unwrap();
         let mut v = b"im-message-log".to_vec();
         v.extend_from_slice(&99u32.to_be_bytes());
         meta.insert("format", v).unwrap();
         db.persist(fjall::PersistMode::SyncAll).unwrap();
     }
     let err = MessageLog::open(dir.path()).unwrap_err();
-    assert!(
-        matches!(err, StoreError::UnknownVersion { found: 99, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, StoreError::UnknownVersion { found: 99, .. }), "{err:?}");
     assert!(err.to_string().contains(&dir.path().display().to_string()));
 
     // A log that is already open.
@@ -745,10 +652,7 @@ fn routing_sink_gets_new_messages_in_id_order_and_sender_device_is_kept() {
     m.sender_device = 4711;
     let first = log.append_blocking(m.clone()).unwrap().into_message();
     assert_eq!(first.sender_device, 4711);
-    assert!(matches!(
-        log.append_blocking(m).unwrap(),
-        Appended::Duplicate(_)
-    ));
+    assert!(matches!(log.append_blocking(m).unwrap(), Appended::Duplicate(_)));
     let second = append(&log, "bob", "#r", "no device");
     let routed: Vec<StoredMessage> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
     assert_eq!(

@@ -24,7 +24,11 @@ fn fixture(config: Config) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let data = DataDir::open_or_create(&dir.path().join("data")).unwrap();
     // A fixed host key: generating RSA keys in tests is slow.
-    im_server::datadir::write_private(&data.host_key_path(), include_bytes!("../../im-proto/tests/data/host_key.pem")).unwrap();
+    im_server::datadir::write_private(
+        &data.host_key_path(),
+        include_bytes!("../../im-proto/tests/data/host_key.pem"),
+    )
+    .unwrap();
     let (shared, _dispatch) = im_server::Server::open(&data, config).unwrap().start();
     Fixture { _dir: dir, shared }
 }
@@ -52,14 +56,23 @@ impl Fixture {
                 if let Some(f) = dec.decode(&mut buf).unwrap() {
                     break f;
                 }
-                assert!(io.read_buf(&mut buf).await.unwrap() > 0, "server closed during handshake");
+                assert!(
+                    io.read_buf(&mut buf).await.unwrap() > 0,
+                    "server closed during handshake"
+                );
             };
             if let Some(est) = hs.handle(frame).unwrap() {
                 break est;
             }
         };
         io.write_all(&est.finished).await.unwrap();
-        Client { io, session: est.session, buf, ticket, resumed: est.resumed }
+        Client {
+            io,
+            session: est.session,
+            buf,
+            ticket,
+            resumed: est.resumed,
+        }
     }
 
     async fn connect(&self) -> Client {
@@ -68,7 +81,14 @@ impl Fixture {
 
     async fn register(&self, name: &str) -> Client {
         let mut c = self.connect().await;
-        c.send(&ClientMsg::Register { req: RequestId(1), user: user(name), password: "correct horse".to_owned().into(), device_id: DeviceId::random(), device_name: "test".into() }).await;
+        c.send(&ClientMsg::Register {
+            req: RequestId(1),
+            user: user(name),
+            password: "correct horse".to_owned().into(),
+            device_id: DeviceId::random(),
+            device_name: "test".into(),
+        })
+        .await;
         assert!(matches!(c.recv().await, Ok(ServerMsg::LoggedIn { .. })));
         c.take_ticket().await;
         c
@@ -98,7 +118,10 @@ impl Client {
             match self.session.read(&mut self.buf).unwrap() {
                 Some(Incoming::Data(p)) => return Ok(ServerMsg::decode(&p).unwrap()),
                 Some(Incoming::Close(p)) => return Err(CloseReason::decode(&p).unwrap()),
-                None => assert!(self.io.read_buf(&mut self.buf).await.unwrap() > 0, "server closed without Close"),
+                None => assert!(
+                    self.io.read_buf(&mut self.buf).await.unwrap() > 0,
+                    "server closed without Close"
+                ),
             }
         }
     }
@@ -106,14 +129,24 @@ impl Client {
     async fn take_ticket(&mut self) {
         match self.recv().await {
             Ok(ServerMsg::Ticket { ticket_id, secret, .. }) => {
-                self.ticket = Some(ResumeTicket { id: ticket_id, secret: secret.into_zeroizing() });
+                self.ticket = Some(ResumeTicket {
+                    id: ticket_id,
+                    secret: secret.into_zeroizing(),
+                });
             }
             other => panic!("expected a ticket, got {other:?}"),
         }
     }
 
     async fn dm(&mut self, req: u32, to: &str, text: &str) -> u64 {
-        self.send(&ClientMsg::Send { req: RequestId(req), to: Target::User(user(to)), client_id: format!("c{req}"), action: false, text: text.into() }).await;
+        self.send(&ClientMsg::Send {
+            req: RequestId(req),
+            to: Target::User(user(to)),
+            client_id: format!("c{req}"),
+            action: false,
+            text: text.into(),
+        })
+        .await;
         loop {
             match self.recv().await.unwrap() {
                 ServerMsg::Sent { id, .. } => return id.0,
@@ -181,11 +214,24 @@ async fn unknown_user_and_wrong_password_look_the_same() {
     let mut answers = Vec::new();
     for name in ["alice", "nobody"] {
         let mut c = f.connect().await;
-        c.send(&ClientMsg::LoginPassword { req: RequestId(1), user: user(name), password: "wrong password".to_owned().into(), device_id: DeviceId::random(), device_name: "t".into() }).await;
+        c.send(&ClientMsg::LoginPassword {
+            req: RequestId(1),
+            user: user(name),
+            password: "wrong password".to_owned().into(),
+            device_id: DeviceId::random(),
+            device_name: "t".into(),
+        })
+        .await;
         answers.push(c.recv().await.unwrap());
     }
     assert_eq!(answers[0], answers[1]);
-    assert!(matches!(&answers[0], ServerMsg::Error { code: ErrorCode::AuthFailed, .. }));
+    assert!(matches!(
+        &answers[0],
+        ServerMsg::Error {
+            code: ErrorCode::AuthFailed,
+            ..
+        }
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,12 +239,26 @@ async fn requests_before_login_are_refused_and_reserved_kinds_answered() {
     let f = fixture(Config::default());
     let mut c = f.connect().await;
     c.send(&ClientMsg::ListDevices { req: RequestId(3) }).await;
-    assert!(matches!(c.recv().await, Ok(ServerMsg::Error { req: Some(RequestId(3)), code: ErrorCode::Unauthenticated, .. })));
+    assert!(matches!(
+        c.recv().await,
+        Ok(ServerMsg::Error {
+            req: Some(RequestId(3)),
+            code: ErrorCode::Unauthenticated,
+            ..
+        })
+    ));
     let mut a = f.register("alice").await;
     // A sealed message (reserved kind 0x3F00) with request id 7: unsupported, and the
     // connection stays usable.
     a.send_raw(&[0x3F, 0x00, 0, 0, 0, 7, 1, 2, 3]).await;
-    assert!(matches!(a.recv().await, Ok(ServerMsg::Error { req: Some(RequestId(7)), code: ErrorCode::Unsupported, .. })));
+    assert!(matches!(
+        a.recv().await,
+        Ok(ServerMsg::Error {
+            req: Some(RequestId(7)),
+            code: ErrorCode::Unsupported,
+            ..
+        })
+    ));
     a.send(&ClientMsg::Ping { nonce: 1 }).await;
     assert!(matches!(a.recv().await, Ok(ServerMsg::Pong { nonce: 1 })));
     // An unknown kind ends the session with a protocol Close.

@@ -30,7 +30,10 @@ fn offline_delivery_once_with_the_documented_fields() {
     assert_eq!(m["text"], "hello bob");
     assert_eq!(m["action"], false);
     let ts = m["ts"].as_str().unwrap();
-    assert!(ts.len() == 24 && ts.ends_with('Z') && ts.contains('T'), "RFC 3339 with milliseconds: {ts}");
+    assert!(
+        ts.len() == 24 && ts.ends_with('Z') && ts.contains('T'),
+        "RFC 3339 with milliseconds: {ts}"
+    );
 
     // A second listen does not repeat it: with nothing new it times out with exit 0 and no message.
     let again = bob.cmd(&["--json", "listen", "--timeout", "2"]).ok();
@@ -61,11 +64,22 @@ fn send_from_stdin_and_by_lines() {
     let server = Server::start();
     let alice = server.user("alice");
     let bob = server.user("bob");
-    alice.command(&["send", "bob"]).stdin("one message\nacross two lines\n").run().ok();
-    let lines = alice.command(&["--json", "send", "--lines", "bob"]).stdin("first\nsecond\nthird\n").run().ok();
+    alice
+        .command(&["send", "bob"])
+        .stdin("one message\nacross two lines\n")
+        .run()
+        .ok();
+    let lines = alice
+        .command(&["--json", "send", "--lines", "bob"])
+        .stdin("first\nsecond\nthird\n")
+        .run()
+        .ok();
     assert_eq!(lines.json().iter().filter(|v| v["type"] == "sent").count(), 3);
     let got = bob.cmd(&["--json", "listen", "--count", "4", "--timeout", "20"]).ok();
-    let texts: Vec<_> = messages(&got).iter().map(|m| m["text"].as_str().unwrap().to_owned()).collect();
+    let texts: Vec<_> = messages(&got)
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(texts, ["one message\nacross two lines", "first", "second", "third"]);
 }
 
@@ -74,8 +88,12 @@ fn a_retried_send_with_the_same_client_id_is_stored_once() {
     let server = Server::start();
     let alice = server.user("alice");
     let bob = server.user("bob");
-    let a = alice.cmd(&["--json", "send", "--client-id", "order-42", "bob", "pay 5"]).ok();
-    let b = alice.cmd(&["--json", "send", "--client-id", "order-42", "bob", "pay 5"]).ok();
+    let a = alice
+        .cmd(&["--json", "send", "--client-id", "order-42", "bob", "pay 5"])
+        .ok();
+    let b = alice
+        .cmd(&["--json", "send", "--client-id", "order-42", "bob", "pay 5"])
+        .ok();
     assert_eq!(a.json()[0]["id"], b.json()[0]["id"]);
     let hist = bob.cmd(&["--json", "history", "alice"]).ok();
     assert_eq!(messages(&hist).len(), 1, "{}", hist.stdout());
@@ -90,9 +108,14 @@ fn history_pages_backwards_and_survives_a_restart() {
     alice.command(&["send", "--lines", "bob"]).stdin(input).run().ok();
     let page = bob.cmd(&["--json", "history", "alice", "--limit", "10"]).ok();
     let first = messages(&page);
-    assert_eq!(first.iter().map(|m| m["text"].as_str().unwrap()).collect::<Vec<_>>(), (15..25).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        first.iter().map(|m| m["text"].as_str().unwrap()).collect::<Vec<_>>(),
+        (15..25).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
     let oldest = first[0]["id"].as_u64().unwrap().to_string();
-    let older = bob.cmd(&["--json", "history", "alice", "--limit", "10", "--before", &oldest]).ok();
+    let older = bob
+        .cmd(&["--json", "history", "alice", "--limit", "10", "--before", &oldest])
+        .ok();
     assert_eq!(messages(&older)[9]["text"], "m14");
     assert_eq!(messages(&older)[0]["text"], "m5");
 
@@ -106,7 +129,9 @@ fn history_pages_backwards_and_survives_a_restart() {
 #[test]
 fn kill_9_during_a_burst_loses_no_acknowledged_message() {
     let _heavy = heavy();
-    let mut server = Server::start_with_config(Some("[limits]\nmessages_per_user_per_sec = 100000\nmessage_burst_per_user = 100000\n"));
+    let mut server = Server::start_with_config(Some(
+        "[limits]\nmessages_per_user_per_sec = 100000\nmessage_burst_per_user = 100000\n",
+    ));
     let bob = server.user("bob");
     let senders: Vec<Client> = (0..4).map(|i| server.user(&format!("s{i}"))).collect();
     let running: Vec<Background> = senders
@@ -116,7 +141,12 @@ fn kill_9_during_a_burst_loses_no_acknowledged_message() {
             let input: String = (0..3000).map(|n| format!("s{i}-{n}\n")).collect();
             let mut cmd = s.command(&["--json", "send", "--lines", "bob"]);
             cmd.cmd.stdin(std::process::Stdio::piped());
-            let mut child = cmd.cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+            let mut child = cmd
+                .cmd
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
             let mut stdin = child.stdin.take().unwrap();
             std::thread::spawn(move || {
                 use std::io::Write;
@@ -133,11 +163,18 @@ fn kill_9_during_a_burst_loses_no_acknowledged_message() {
     for bg in running {
         for v in bg.wait_json() {
             if v["type"] == "sent" {
-                acked.insert(v["id"].as_u64().unwrap(), v["client_id"].as_str().unwrap_or("").to_owned());
+                acked.insert(
+                    v["id"].as_u64().unwrap(),
+                    v["client_id"].as_str().unwrap_or("").to_owned(),
+                );
             }
         }
     }
-    assert!(acked.len() > 50, "only {} acknowledged before the kill: too few to mean anything", acked.len());
+    assert!(
+        acked.len() > 50,
+        "only {} acknowledged before the kill: too few to mean anything",
+        acked.len()
+    );
     server.restart();
     // No --count: more may be stored than was acknowledged, and all of it must come.
     let got = bob.cmd(&["--json", "listen", "--timeout", "5"]).ok();
@@ -147,12 +184,23 @@ fn kill_9_during_a_burst_loses_no_acknowledged_message() {
         *seen.entry(m["id"].as_u64().unwrap()).or_default() += 1;
     }
     for id in acked.keys() {
-        assert_eq!(seen.get(id), Some(&1), "acknowledged message {id} delivered {:?} times", seen.get(id));
+        assert_eq!(
+            seen.get(id),
+            Some(&1),
+            "acknowledged message {id} delivered {:?} times",
+            seen.get(id)
+        );
     }
     // Stored exactly once: no two stored messages share a sender's client id.
     let mut by_client_id: HashMap<(String, String), u64> = HashMap::new();
     for m in &delivered {
-        let key = (m["from"].as_str().unwrap().to_owned(), m["text"].as_str().unwrap().to_owned());
-        assert!(by_client_id.insert(key.clone(), m["id"].as_u64().unwrap()).is_none(), "{key:?} stored twice");
+        let key = (
+            m["from"].as_str().unwrap().to_owned(),
+            m["text"].as_str().unwrap().to_owned(),
+        );
+        assert!(
+            by_client_id.insert(key.clone(), m["id"].as_u64().unwrap()).is_none(),
+            "{key:?} stored twice"
+        );
     }
 }

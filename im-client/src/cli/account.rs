@@ -14,11 +14,7 @@ use super::output::{device_human, device_json, key_json, whoami_human, whoami_js
 use super::{DevicesAction, KeyAction};
 
 pub async fn register(ctx: &Context) -> Result<u8, CliError> {
-    let password = ctx.new_password(
-        PASSWORD_ENV,
-        ctx.global.password_file.as_deref(),
-        "New password",
-    )?;
+    let password = ctx.new_password(PASSWORD_ENV, ctx.global.password_file.as_deref(), "New password")?;
     ctx.with_client(Login::Register(password), async |client, _| {
         let s = client.session();
         ctx.out.emit(
@@ -96,11 +92,7 @@ pub async fn passwd(ctx: &Context, new_password_file: Option<PathBuf>) -> Result
     let old = tokio::task::spawn_blocking(move || old())
         .await
         .map_err(|_| Error::NoCredentials("password prompt failed".into()))??;
-    let new = ctx.new_password(
-        NEW_PASSWORD_ENV,
-        new_password_file.as_deref(),
-        "New password",
-    )?;
+    let new = ctx.new_password(NEW_PASSWORD_ENV, new_password_file.as_deref(), "New password")?;
     ctx.with_client(Login::Normal, async |client, _| {
         client.change_password(old, new).await?;
         ctx.out.ok("passwd", || "password changed".into())
@@ -119,11 +111,10 @@ pub async fn keygen(ctx: &Context, bits: u16, out: Option<PathBuf>) -> Result<u8
         }
         .into());
     }
-    let key =
-        tokio::task::spawn_blocking(move || RsaSigner::generate(&mut rand::rng(), bits.into()))
-            .await
-            .map_err(|_| Error::Refused("key generation failed".into()))?
-            .map_err(|e| Error::Refused(format!("key generation failed: {e}")))?;
+    let key = tokio::task::spawn_blocking(move || RsaSigner::generate(&mut rand::rng(), bits.into()))
+        .await
+        .map_err(|_| Error::Refused("key generation failed".into()))?
+        .map_err(|e| Error::Refused(format!("key generation failed: {e}")))?;
     home::save_key(&path, &key)?;
     let shown = path.display().to_string();
     ctx.out.emit(
@@ -183,12 +174,10 @@ pub async fn devices(ctx: &Context, action: Option<DevicesAction>) -> Result<u8,
             .await?
         }
         Some(DevicesAction::Revoke { id }) => {
-            let device = DeviceId::new(id)
-                .ok_or_else(|| CliError::usage(format!("{id} is not a device id")))?;
+            let device = DeviceId::new(id).ok_or_else(|| CliError::usage(format!("{id} is not a device id")))?;
             ctx.with_client(Login::Normal, async |client, _| {
                 client.revoke_device(device).await?;
-                ctx.out
-                    .ok("devices revoke", || format!("device {device} revoked"))
+                ctx.out.ok("devices revoke", || format!("device {device} revoked"))
             })
             .await?
         }
@@ -201,10 +190,7 @@ pub async fn fingerprint(ctx: &Context) -> Result<u8, CliError> {
     let pinned = ctx.home.known_hosts().lookup(&server)?;
     let (fp, is_pinned) = match pinned {
         Some((fp, _)) => (fp, true),
-        None => (
-            fingerprint_of(&im_client::fetch_host_key(&server).await?),
-            false,
-        ),
+        None => (fingerprint_of(&im_client::fetch_host_key(&server).await?), false),
     };
     ctx.out.emit(
         || {

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use im_client::{
-    Client, ConnectOptions, Credentials, Error, Events, Home, HostKeyPolicy, PasswordSource,
-    ServerAddr, UnknownHost, home,
+    Client, ConnectOptions, Credentials, Error, Events, Home, HostKeyPolicy, PasswordSource, ServerAddr, UnknownHost,
+    home,
 };
 use im_proto::hostkey::RsaSigner;
 use im_proto::limits::{MAX_PASSWORD, MIN_PASSWORD_CHARS};
@@ -52,10 +52,7 @@ pub fn interactive() -> bool {
 
 /// Asks a question on the terminal and returns the answer line.
 fn ask_tty(question: &str) -> std::io::Result<String> {
-    let tty = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/tty")?;
+    let tty = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty")?;
     let mut w = &tty;
     w.write_all(question.as_bytes())?;
     w.flush()?;
@@ -152,7 +149,9 @@ impl Context {
         let typed = match self.global.server.clone().filter(|s| !s.is_empty()) {
             Some(s) => s,
             None => self.home.load_config()?.server.ok_or_else(|| {
-                CliError::usage("no server given: use --server HOST:PORT (or IM_SERVER); register or log in once to remember it")
+                CliError::usage(
+                    "no server given: use --server HOST:PORT (or IM_SERVER); register or log in once to remember it",
+                )
             })?,
         };
         Ok(ServerAddr::parse(&typed)?)
@@ -183,12 +182,7 @@ impl Context {
 
     /// The password for a new account (register) or a new password (passwd): asked twice on
     /// a terminal.
-    pub fn new_password(
-        &self,
-        env: &str,
-        file: Option<&Path>,
-        what: &str,
-    ) -> Result<Password, CliError> {
+    pub fn new_password(&self, env: &str, file: Option<&Path>, what: &str) -> Result<Password, CliError> {
         let p = if let Some(p) = password_from_env(env) {
             p
         } else if let Some(path) = file {
@@ -235,10 +229,7 @@ impl Context {
                      Check it with the server's operator. Trust it and connect (yes/no)? "
                 );
                 matches!(
-                    ask_tty(&q)
-                        .as_deref()
-                        .map(str::to_ascii_lowercase)
-                        .as_deref(),
+                    ask_tty(&q).as_deref().map(str::to_ascii_lowercase).as_deref(),
                     Ok("yes" | "y")
                 )
             }))
@@ -278,8 +269,7 @@ impl Context {
                     None
                 };
                 // An explicit --key is for scripts: do not fall back to a password prompt.
-                let prompt =
-                    prompt.filter(|_| self.global.key.is_none() || matches!(login, Login::NoKey));
+                let prompt = prompt.filter(|_| self.global.key.is_none() || matches!(login, Login::NoKey));
                 (
                     Credentials {
                         use_ticket: true,
@@ -335,12 +325,7 @@ mod tests {
 
     #[test]
     fn new_passwords_are_checked_locally() {
-        assert_eq!(
-            check_new_password(&Password::from("short"))
-                .unwrap_err()
-                .exit_code(),
-            6
-        );
+        assert_eq!(check_new_password(&Password::from("short")).unwrap_err().exit_code(), 6);
         assert!(check_new_password(&Password::from("long enough")).is_ok());
         assert_eq!(
             check_new_password(&Password::new("x".repeat(MAX_PASSWORD + 1)))

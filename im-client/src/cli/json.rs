@@ -81,11 +81,7 @@ fn escape_into(out: &mut String, s: &str) {
             '\t' => out.push_str("\\t"),
             // C0 controls must be escaped; DEL, C1 controls and the line separators are
             // escaped too, so a raw line is safe to show in a terminal or a JS context.
-            c if (c as u32) < 0x20
-                || ('\u{7f}'..='\u{9f}').contains(&c)
-                || c == '\u{2028}'
-                || c == '\u{2029}' =>
-            {
+            c if (c as u32) < 0x20 || ('\u{7f}'..='\u{9f}').contains(&c) || c == '\u{2028}' || c == '\u{2029}' => {
                 let _ = write!(out, "\\u{:04x}", c as u32);
             }
             c => out.push(c),

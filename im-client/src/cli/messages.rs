@@ -20,10 +20,7 @@ const SEND_WINDOW: usize = 32;
 
 /// The texts to send: the arguments joined by spaces, else stdin (whole, less one trailing
 /// newline, or line by line with `--lines`).
-pub fn texts(
-    args: &SendArgs,
-    stdin: impl FnOnce() -> Result<String, CliError>,
-) -> Result<Vec<String>, CliError> {
+pub fn texts(args: &SendArgs, stdin: impl FnOnce() -> Result<String, CliError>) -> Result<Vec<String>, CliError> {
     let texts: Vec<String> = if !args.text.is_empty() {
         vec![args.text.join(" ")]
     } else {
@@ -39,11 +36,7 @@ pub fn texts(
                 .strip_suffix('\n')
                 .map(|t| t.strip_suffix('\r').unwrap_or(t))
                 .unwrap_or(&input);
-            if t.is_empty() {
-                vec![]
-            } else {
-                vec![t.to_owned()]
-            }
+            if t.is_empty() { vec![] } else { vec![t.to_owned()] }
         }
     };
     if texts.is_empty() && !args.lines {
@@ -109,9 +102,7 @@ pub async fn send(ctx: &Context, args: SendArgs) -> Result<u8, CliError> {
 }
 
 pub async fn listen(ctx: &Context, args: ListenArgs) -> Result<u8, CliError> {
-    let deadline = args
-        .timeout
-        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let deadline = args.timeout.map(|s| Instant::now() + Duration::from_secs_f64(s));
     ctx.with_client(Login::Normal, async |client, events| {
         let mut count = 0u64;
         loop {
@@ -137,7 +128,10 @@ pub async fn listen(ctx: &Context, args: ListenArgs) -> Result<u8, CliError> {
                     count += 1;
                 }
                 Some(Event::Disconnected { reason, reconnecting }) => {
-                    ctx.out.event(&Event::Disconnected { reason: reason.clone(), reconnecting })?;
+                    ctx.out.event(&Event::Disconnected {
+                        reason: reason.clone(),
+                        reconnecting,
+                    })?;
                     if !reconnecting {
                         return Err(reason.to_error().into());
                     }
@@ -160,11 +154,7 @@ pub async fn history(ctx: &Context, args: HistoryArgs) -> Result<u8, CliError> {
         }
         let oldest = page.messages.first().map(|m| m.id.0);
         ctx.out.emit(
-            || {
-                JsonLine::new("history_end")
-                    .bool("more", page.more)
-                    .finish()
-            },
+            || JsonLine::new("history_end").bool("more", page.more).finish(),
             || match (page.more, oldest) {
                 (true, Some(id)) => format!("(older messages: --before {id})"),
                 _ if page.messages.is_empty() => "(no messages)".into(),
@@ -196,34 +186,20 @@ mod tests {
 
     #[test]
     fn text_from_arguments_wins_over_stdin() {
-        let t = texts(&args(&["hello", "there"], false), || {
-            panic!("stdin must not be read")
-        })
-        .unwrap();
+        let t = texts(&args(&["hello", "there"], false), || panic!("stdin must not be read")).unwrap();
         assert_eq!(t, ["hello there"]);
     }
 
     #[test]
     fn text_from_stdin_whole_or_by_line() {
-        assert_eq!(
-            texts(&args(&[], false), stdin("one\ntwo\n")).unwrap(),
-            ["one\ntwo"]
-        );
-        assert_eq!(
-            texts(&args(&[], false), stdin("crlf\r\n")).unwrap(),
-            ["crlf"]
-        );
+        assert_eq!(texts(&args(&[], false), stdin("one\ntwo\n")).unwrap(), ["one\ntwo"]);
+        assert_eq!(texts(&args(&[], false), stdin("crlf\r\n")).unwrap(), ["crlf"]);
         assert_eq!(
             texts(&args(&[], true), stdin("one\n\n  \ntwo\r\n")).unwrap(),
             ["one", "two"]
         );
         assert!(texts(&args(&[], true), stdin("")).unwrap().is_empty());
-        assert_eq!(
-            texts(&args(&[], false), stdin("\n"))
-                .unwrap_err()
-                .exit_code(),
-            2
-        );
+        assert_eq!(texts(&args(&[], false), stdin("\n")).unwrap_err().exit_code(), 2);
     }
 
     #[test]
@@ -237,19 +213,11 @@ mod tests {
     #[test]
     fn client_ids_for_one_or_many() {
         assert_eq!(client_ids(Some("job-7"), 1).unwrap(), ["job-7"]);
-        assert_eq!(
-            client_ids(Some("job-7"), 3).unwrap(),
-            ["job-7-1", "job-7-2", "job-7-3"]
-        );
+        assert_eq!(client_ids(Some("job-7"), 3).unwrap(), ["job-7-1", "job-7-2", "job-7-3"]);
         let r = client_ids(None, 2).unwrap();
         assert!(r[0].ends_with("-1") && r[0].len() == 26 && r[0][..24] == r[1][..24]);
         assert_ne!(client_ids(None, 1).unwrap(), client_ids(None, 1).unwrap());
         assert_eq!(client_ids(Some("has space"), 1).unwrap_err().exit_code(), 2);
-        assert_eq!(
-            client_ids(Some(&"x".repeat(64)), 2)
-                .unwrap_err()
-                .exit_code(),
-            2
-        );
+        assert_eq!(client_ids(Some(&"x".repeat(64)), 2).unwrap_err().exit_code(), 2);
     }
 }

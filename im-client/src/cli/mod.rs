@@ -28,7 +28,8 @@ mod time;
 pub use context::Context;
 use error::CliError;
 
-const ABOUT: &str = "Command-line client of the im messenger: send and receive messages, manage your account, rooms and contacts.";
+const ABOUT: &str =
+    "Command-line client of the im messenger: send and receive messages, manage your account, rooms and contacts.";
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -75,13 +76,7 @@ pub struct GlobalOpts {
     #[arg(long, global = true, value_name = "DIR", env = "IM_HOME")]
     pub home: Option<PathBuf>,
     /// Server to use; the port defaults to 7447 [default: from the config]
-    #[arg(
-        long,
-        short = 's',
-        global = true,
-        value_name = "HOST:PORT",
-        env = "IM_SERVER"
-    )]
+    #[arg(long, short = 's', global = true, value_name = "HOST:PORT", env = "IM_SERVER")]
     pub server: Option<String>,
     /// User name [default: from the config]
     #[arg(long, short = 'u', global = true, value_name = "NAME", env = "IM_USER")]
@@ -141,9 +136,7 @@ pub enum Command {
         action: KeyAction,
     },
     /// List your devices, or revoke one
-    #[command(
-        after_help = "Examples:\n  im-client devices\n  im-client devices revoke 4503599627370497"
-    )]
+    #[command(after_help = "Examples:\n  im-client devices\n  im-client devices revoke 4503599627370497")]
     Devices {
         #[command(subcommand)]
         action: Option<DevicesAction>,
@@ -181,9 +174,7 @@ only messages count toward --count.")]
     /// List rooms (those you joined, and others you can join)
     Rooms,
     /// Join a room, creating it if it does not exist
-    #[command(
-        after_help = "Example:\n  im-client join '#rust'     (quote the '#': a shell reads it as a comment)"
-    )]
+    #[command(after_help = "Example:\n  im-client join '#rust'     (quote the '#': a shell reads it as a comment)")]
     Join { room: String },
     /// Leave a room
     Leave { room: String },
@@ -217,9 +208,7 @@ only messages count toward --count.")]
         action: Option<ContactsAction>,
     },
     /// Set your presence, shown to your contacts
-    #[command(
-        after_help = "Examples:\n  im-client status away --text 'back at 2'\n  im-client status online"
-    )]
+    #[command(after_help = "Examples:\n  im-client status away --text 'back at 2'\n  im-client status online")]
     Status {
         status: StatusArg,
         /// A status text
@@ -377,15 +366,7 @@ mod tests {
             assert_eq!(cli.global.user.as_deref(), Some("alice"));
             assert!(matches!(cli.command, Command::Whoami));
         }
-        let cli = parse(&[
-            "send",
-            "bob",
-            "hi",
-            "--accept-new",
-            "--trust-fingerprint",
-            "SHA256:x",
-        ])
-        .unwrap();
+        let cli = parse(&["send", "bob", "hi", "--accept-new", "--trust-fingerprint", "SHA256:x"]).unwrap();
         assert!(cli.global.accept_new);
         assert_eq!(cli.global.trust_fingerprint.as_deref(), Some("SHA256:x"));
         let cli = parse(&["devices", "revoke", "7", "--json"]).unwrap();
@@ -420,20 +401,12 @@ mod tests {
         assert!(a.lines && a.me && a.text.is_empty());
         assert_eq!(a.client_id.as_deref(), Some("x1"));
         // Text that looks like a flag, after `--`.
-        let Command::Send(a) = parse(&["send", "bob", "--", "--not-a-flag"])
-            .unwrap()
-            .command
-        else {
+        let Command::Send(a) = parse(&["send", "bob", "--", "--not-a-flag"]).unwrap().command else {
             panic!()
         };
         assert_eq!(a.text, ["--not-a-flag"]);
         // --lines takes its text from stdin only.
-        assert_eq!(
-            parse(&["send", "--lines", "bob", "hi"])
-                .unwrap_err()
-                .exit_code(),
-            2
-        );
+        assert_eq!(parse(&["send", "--lines", "bob", "hi"]).unwrap_err().exit_code(), 2);
     }
 
     #[test]
@@ -452,23 +425,14 @@ mod tests {
 
     #[test]
     fn listen_and_history_options() {
-        let Command::Listen(a) = parse(&["listen", "--count", "2", "--timeout", "0.5"])
-            .unwrap()
-            .command
-        else {
+        let Command::Listen(a) = parse(&["listen", "--count", "2", "--timeout", "0.5"]).unwrap().command else {
             panic!()
         };
         assert_eq!((a.count, a.timeout), (Some(2), Some(0.5)));
-        let Command::History(a) = parse(&["history", "#rust", "--before", "99"])
-            .unwrap()
-            .command
-        else {
+        let Command::History(a) = parse(&["history", "#rust", "--before", "99"]).unwrap().command else {
             panic!()
         };
-        assert_eq!(
-            (a.peer.as_str(), a.limit, a.before),
-            ("#rust", 50, Some(99))
-        );
+        assert_eq!((a.peer.as_str(), a.limit, a.before), ("#rust", 50, Some(99)));
     }
 
     #[test]
@@ -482,11 +446,7 @@ mod tests {
             "{help}"
         );
         for sub in ["send", "listen", "history", "join", "register"] {
-            let help = cmd
-                .find_subcommand_mut(sub)
-                .unwrap()
-                .render_long_help()
-                .to_string();
+            let help = cmd.find_subcommand_mut(sub).unwrap().render_long_help().to_string();
             assert!(help.contains("Example"), "{sub}: {help}");
         }
     }

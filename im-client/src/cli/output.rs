@@ -11,9 +11,7 @@ use std::io::Write;
 use im_client::{Disconnect, Event, Sent, SessionInfo};
 use im_proto::Target;
 use im_proto::hostkey::RsaSigner;
-use im_proto::msg::{
-    ChatMessage, Contact, DeviceInfo, Member, PresenceInfo, RoomEventKind, RoomInfo,
-};
+use im_proto::msg::{ChatMessage, Contact, DeviceInfo, Member, PresenceInfo, RoomEventKind, RoomInfo};
 
 use super::error::CliError;
 use super::json::JsonLine;
@@ -37,10 +35,7 @@ pub fn clean(s: &str) -> String {
             '\n' => out.push_str("\n    "),
             '\t' => out.push(' '),
             '\r' => {}
-            c if c.is_control()
-                || ('\u{202a}'..='\u{202e}').contains(&c)
-                || ('\u{2066}'..='\u{2069}').contains(&c) =>
-            {
+            c if c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c) || ('\u{2066}'..='\u{2069}').contains(&c) => {
                 out.push('\u{fffd}')
             }
             c => out.push(c),
@@ -65,13 +60,7 @@ pub fn message_json(m: &ChatMessage) -> String {
 pub fn message_human(m: &ChatMessage) -> String {
     let ts = human(m.ts);
     if m.action {
-        format!(
-            "[{ts}] {} → {}: * {} {}",
-            m.from,
-            m.to,
-            m.from,
-            clean(&m.text)
-        )
+        format!("[{ts}] {} → {}: * {} {}", m.from, m.to, m.from, clean(&m.text))
     } else {
         format!("[{ts}] {} → {}: {}", m.from, m.to, clean(&m.text))
     }
@@ -100,21 +89,14 @@ pub fn disconnect_json(reason: &Disconnect) -> String {
 pub fn event_json(e: &Event) -> Option<String> {
     Some(match e {
         Event::Message(m) => message_json(m),
-        Event::Receipt {
-            id,
-            user,
-            device_id,
-        } => JsonLine::new("receipt")
+        Event::Receipt { id, user, device_id } => JsonLine::new("receipt")
             .u64("id", id.0)
             .str("user", user.as_str())
             .u64("device", device_id.get())
             .finish(),
         Event::Typing { from, to } => {
             let (k, v) = dest(to);
-            JsonLine::new("typing")
-                .str("from", from.as_str())
-                .str(k, v)
-                .finish()
+            JsonLine::new("typing").str("from", from.as_str()).str(k, v).finish()
         }
         Event::Room {
             room,
@@ -158,11 +140,7 @@ pub fn event_json(e: &Event) -> Option<String> {
 pub fn event_human(e: &Event) -> Option<String> {
     Some(match e {
         Event::Message(m) => message_human(m),
-        Event::Receipt {
-            id,
-            user,
-            device_id,
-        } => format!("(message {} delivered to {user}, device {device_id})", id.0),
+        Event::Receipt { id, user, device_id } => format!("(message {} delivered to {user}, device {device_id})", id.0),
         Event::Typing {
             from,
             to: Target::Room(room),
@@ -198,10 +176,7 @@ pub fn event_human(e: &Event) -> Option<String> {
             None => format!("(contact {user}: removed)"),
         },
         Event::ServerError { code, text, .. } => format!("(server: {code}: {})", clean(text)),
-        Event::Disconnected {
-            reason,
-            reconnecting,
-        } => {
+        Event::Disconnected { reason, reconnecting } => {
             let again = if *reconnecting { "; reconnecting" } else { "" };
             format!("(disconnected: {}{again})", clean(&reason.to_string()))
         }
@@ -236,10 +211,7 @@ pub fn whoami_json(s: &SessionInfo) -> String {
 
 pub fn whoami_human(s: &SessionInfo) -> String {
     let fp = s.host_fingerprint.as_deref().unwrap_or("unknown");
-    format!(
-        "{} on {} (device {}); server key {fp}",
-        s.user, s.server, s.device_id
-    )
+    format!("{} on {} (device {}); server key {fp}", s.user, s.server, s.device_id)
 }
 
 pub fn device_json(d: &DeviceInfo) -> String {
@@ -305,11 +277,7 @@ pub fn contact_json(c: &Contact) -> String {
 }
 
 pub fn contact_human(c: &Contact) -> String {
-    let text = c
-        .text
-        .as_deref()
-        .map(|t| format!(": {}", clean(t)))
-        .unwrap_or_default();
+    let text = c.text.as_deref().map(|t| format!(": {}", clean(t))).unwrap_or_default();
     format!("{}  {}  {}{text}", c.user, c.state, c.presence)
 }
 
@@ -358,11 +326,7 @@ impl Output {
     }
 
     /// Prints the JSON form or the human form.
-    pub fn emit(
-        &self,
-        json: impl FnOnce() -> String,
-        human: impl FnOnce() -> String,
-    ) -> Result<(), CliError> {
+    pub fn emit(&self, json: impl FnOnce() -> String, human: impl FnOnce() -> String) -> Result<(), CliError> {
         self.line(&if self.json { json() } else { human() })
     }
 
@@ -371,11 +335,7 @@ impl Output {
     }
 
     pub fn event(&self, e: &Event) -> Result<(), CliError> {
-        let line = if self.json {
-            event_json(e)
-        } else {
-            event_human(e)
-        };
+        let line = if self.json { event_json(e) } else { event_human(e) };
         match line {
             Some(l) => self.line(&l),
             None => Ok(()),
@@ -387,9 +347,7 @@ impl Output {
 mod tests {
     use super::*;
     use im_client::ServerAddr;
-    use im_proto::msg::{
-        CloseReason, ContactState, DeviceId, ErrorCode, MessageId, Presence, Role, Timestamp,
-    };
+    use im_proto::msg::{CloseReason, ContactState, DeviceId, ErrorCode, MessageId, Presence, Role, Timestamp};
     use im_proto::{RoomName, UserName};
 
     fn user(s: &str) -> UserName {

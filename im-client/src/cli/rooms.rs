@@ -42,8 +42,7 @@ pub async fn members(ctx: &Context, room: &str) -> Result<u8, CliError> {
     let room = parse_room(room)?;
     ctx.with_client(Login::Normal, async |client, _| {
         for m in client.members(&room).await? {
-            ctx.out
-                .emit(|| member_json(room.as_str(), &m), || member_human(&m))?;
+            ctx.out.emit(|| member_json(room.as_str(), &m), || member_human(&m))?;
         }
         Ok(())
     })

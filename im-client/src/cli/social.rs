@@ -20,32 +20,25 @@ pub async fn contacts(ctx: &Context, action: Option<ContactsAction>) -> Result<u
         Some(ContactsAction::Add { name }) => {
             let user = parse_user(name)?;
             client.contact_request(&user).await?;
-            ctx.out
-                .ok("contacts add", || format!("asked {user} to be a contact"))
+            ctx.out.ok("contacts add", || format!("asked {user} to be a contact"))
         }
         Some(ContactsAction::Accept { name }) => {
             let user = parse_user(name)?;
             client.contact_accept(&user).await?;
-            ctx.out
-                .ok("contacts accept", || format!("{user} is now a contact"))
+            ctx.out.ok("contacts accept", || format!("{user} is now a contact"))
         }
         Some(ContactsAction::Remove { name }) => {
             let user = parse_user(name)?;
             client.contact_remove(&user).await?;
-            ctx.out.ok("contacts remove", || {
-                format!("{user} removed from contacts")
-            })
+            ctx.out
+                .ok("contacts remove", || format!("{user} removed from contacts"))
         }
     })
     .await?;
     Ok(exit_code::SUCCESS)
 }
 
-pub async fn status(
-    ctx: &Context,
-    status: StatusArg,
-    text: Option<String>,
-) -> Result<u8, CliError> {
+pub async fn status(ctx: &Context, status: StatusArg, text: Option<String>) -> Result<u8, CliError> {
     let presence = match status {
         StatusArg::Online => Presence::Online,
         StatusArg::Away => Presence::Away,
@@ -61,10 +54,7 @@ pub async fn status(
 }
 
 pub async fn presence(ctx: &Context, names: Vec<String>) -> Result<u8, CliError> {
-    let users = names
-        .iter()
-        .map(|n| parse_user(n))
-        .collect::<Result<Vec<_>, _>>()?;
+    let users = names.iter().map(|n| parse_user(n)).collect::<Result<Vec<_>, _>>()?;
     ctx.with_client(Login::Normal, async |client, _| {
         let entries = if users.is_empty() {
             // Default: every accepted contact, whose presence the contact list carries.

@@ -44,10 +44,7 @@ fn parts(ts: Timestamp) -> Parts {
 pub fn rfc3339(ts: Timestamp) -> String {
     let p = parts(ts);
     let (y, mo, d) = p.date;
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        p.h, p.m, p.s, p.ms
-    )
+    format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", p.h, p.m, p.s, p.ms)
 }
 
 /// `2026-11-26 10:00:01`, in UTC.
@@ -64,26 +61,11 @@ mod tests {
     #[test]
     fn formats_rfc3339_utc_with_millis() {
         assert_eq!(rfc3339(Timestamp(0)), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            rfc3339(Timestamp(1_700_000_000_000)),
-            "2023-11-14T22:13:20.000Z"
-        );
-        assert_eq!(
-            rfc3339(Timestamp(1_767_225_600_000)),
-            "2026-01-01T00:00:00.000Z"
-        );
-        assert_eq!(
-            rfc3339(Timestamp(951_782_400_007)),
-            "2000-02-29T00:00:00.007Z"
-        );
-        assert_eq!(
-            rfc3339(Timestamp(1_795_687_201_999)),
-            "2026-11-26T10:00:01.999Z"
-        );
-        assert_eq!(
-            rfc3339(Timestamp(253_402_300_799_000)),
-            "9999-12-31T23:59:59.000Z"
-        );
+        assert_eq!(rfc3339(Timestamp(1_700_000_000_000)), "2023-11-14T22:13:20.000Z");
+        assert_eq!(rfc3339(Timestamp(1_767_225_600_000)), "2026-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(Timestamp(951_782_400_007)), "2000-02-29T00:00:00.007Z");
+        assert_eq!(rfc3339(Timestamp(1_795_687_201_999)), "2026-11-26T10:00:01.999Z");
+        assert_eq!(rfc3339(Timestamp(253_402_300_799_000)), "9999-12-31T23:59:59.000Z");
         assert_eq!(human(Timestamp(1_795_687_201_999)), "2026-11-26 10:00:01");
     }
 

@@ -15,8 +15,7 @@ use im_proto::handshake::{Reject, ServerHandshake, ServerInputs};
 use im_proto::hostkey::{RsaSigner, verify_rsa_pss};
 use im_proto::keys::user_auth_message;
 use im_proto::msg::{
-    ChatMessage, ClientMsg, CloseReason, DeviceId, ErrorCode, MessageId, Secret, ServerMsg,
-    Timestamp,
+    ChatMessage, ClientMsg, CloseReason, DeviceId, ErrorCode, MessageId, Secret, ServerMsg, Timestamp,
 };
 use im_proto::session::{Incoming, Session};
 use im_proto::{Target, UserName};
@@ -27,29 +26,20 @@ pub const PASSWORD: &str = "hunter22";
 
 pub fn host_key() -> &'static RsaSigner {
     static KEY: OnceLock<RsaSigner> = OnceLock::new();
-    KEY.get_or_init(|| {
-        RsaSigner::from_pkcs8_pem(include_str!("../../../im-proto/tests/data/host_key.pem"))
-            .unwrap()
-    })
+    KEY.get_or_init(|| RsaSigner::from_pkcs8_pem(include_str!("../../../im-proto/tests/data/host_key.pem")).unwrap())
 }
 
 pub fn other_host_key() -> &'static RsaSigner {
     static KEY: OnceLock<RsaSigner> = OnceLock::new();
     KEY.get_or_init(|| {
-        RsaSigner::from_pkcs8_pem(include_str!(
-            "../../../im-proto/tests/data/other_host_key.pem"
-        ))
-        .unwrap()
+        RsaSigner::from_pkcs8_pem(include_str!("../../../im-proto/tests/data/other_host_key.pem")).unwrap()
     })
 }
 
 pub fn user_key() -> Arc<RsaSigner> {
     static KEY: OnceLock<Arc<RsaSigner>> = OnceLock::new();
     KEY.get_or_init(|| {
-        Arc::new(
-            RsaSigner::from_pkcs8_pem(include_str!("../../../im-proto/tests/data/user_key.pem"))
-                .unwrap(),
-        )
+        Arc::new(RsaSigner::from_pkcs8_pem(include_str!("../../../im-proto/tests/data/user_key.pem")).unwrap())
     })
     .clone()
 }
@@ -108,11 +98,7 @@ impl FakeServer {
     }
 }
 
-pub async fn read_frame(
-    stream: &mut TcpStream,
-    dec: &mut FrameDecoder,
-    buf: &mut BytesMut,
-) -> Option<Frame> {
+pub async fn read_frame(stream: &mut TcpStream, dec: &mut FrameDecoder, buf: &mut BytesMut) -> Option<Frame> {
     loop {
         if let Some(f) = dec.decode(buf).ok()? {
             return Some(f);
@@ -123,11 +109,7 @@ pub async fn read_frame(
     }
 }
 
-pub async fn read_record(
-    stream: &mut TcpStream,
-    session: &mut Session,
-    buf: &mut BytesMut,
-) -> Option<Incoming> {
+pub async fn read_record(stream: &mut TcpStream, session: &mut Session, buf: &mut BytesMut) -> Option<Incoming> {
     loop {
         if let Some(i) = session.read(buf).ok()? {
             return Some(i);
@@ -148,11 +130,7 @@ pub async fn write_msgs(stream: &mut TcpStream, session: &mut Session, msgs: &[S
     stream.write_all(&out).await.unwrap();
 }
 
-pub async fn serve(
-    mut stream: TcpStream,
-    state: Arc<Mutex<State>>,
-    key: &'static RsaSigner,
-) -> Option<()> {
+pub async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, key: &'static RsaSigner) -> Option<()> {
     let (mut dec, mut buf) = (FrameDecoder::new(), BytesMut::new());
     let hello = read_frame(&mut stream, &mut dec, &mut buf).await?;
     let (first, reject) = {
@@ -215,10 +193,7 @@ pub async fn serve(
                 }
             }
             ClientMsg::Register {
-                req,
-                user,
-                device_id,
-                ..
+                req, user, device_id, ..
             } => login = Some((req, user, device_id, "register", true)),
             ClientMsg::LoginKey {
                 req,
@@ -255,11 +230,7 @@ pub async fn serve(
                 ..
             } => {
                 if to.as_str() == "nobody" {
-                    replies.push(ServerMsg::error(
-                        Some(req),
-                        ErrorCode::NoSuchUser,
-                        "no such user",
-                    ));
+                    replies.push(ServerMsg::error(Some(req), ErrorCode::NoSuchUser, "no such user"));
                 } else {
                     let mut s = state.lock().unwrap();
                     s.next_id += 1;

@@ -22,7 +22,11 @@ fn decode(stream: &[u8], chunk: usize) -> (Vec<Vec<u8>>, Option<FrameError>) {
         loop {
             match decoder.decode(&mut buf) {
                 Ok(Some(frame)) => {
-                    assert_eq!(frame.header.encode(), frame.raw_header, "a decoded header re-encodes verbatim");
+                    assert_eq!(
+                        frame.header.encode(),
+                        frame.raw_header,
+                        "a decoded header re-encodes verbatim"
+                    );
                     assert_eq!(frame.payload.len(), frame.header.len as usize);
                     frames.push(frame.to_bytes());
                 }
@@ -33,7 +37,11 @@ fn decode(stream: &[u8], chunk: usize) -> (Vec<Vec<u8>>, Option<FrameError>) {
     }
     let consumed: usize = frames.iter().map(Vec::len).sum();
     let held = if decoder.is_mid_frame() { HEADER_LEN } else { 0 };
-    assert_eq!(consumed + held + buf.len(), stream.len(), "the decoder neither drops nor invents bytes");
+    assert_eq!(
+        consumed + held + buf.len(),
+        stream.len(),
+        "the decoder neither drops nor invents bytes"
+    );
     if !decoder.is_mid_frame() {
         assert!(buf.len() < HEADER_LEN, "a whole header was left undecoded");
     }
@@ -47,10 +55,15 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(&header.encode(), raw);
     }
 
-    let Some((&chunk, stream)) = data.split_first() else { return };
+    let Some((&chunk, stream)) = data.split_first() else {
+        return;
+    };
     let chunked = decode(stream, usize::from(chunk).max(1));
     let whole = decode(stream, stream.len().max(1));
     assert_eq!(chunked, whole, "framing depends on how the stream was chunked");
     let (frames, _) = whole;
-    assert!(stream.starts_with(&frames.concat()), "frames are the stream's own bytes, in order");
+    assert!(
+        stream.starts_with(&frames.concat()),
+        "frames are the stream's own bytes, in order"
+    );
 });

@@ -41,23 +41,39 @@ pub const CLIENT_EPHEMERAL: [u8; 32] = [101; 32];
 
 /// The server's fresh inputs, fixed likewise.
 pub fn server_inputs(policy: RekeyPolicy) -> ServerInputs {
-    ServerInputs { random: [51; 32], ephemeral: Zeroizing::new([151; 32]), policy }
+    ServerInputs {
+        random: [51; 32],
+        ephemeral: Zeroizing::new([151; 32]),
+        policy,
+    }
 }
 
 /// The resumption ticket the client presents and the server knows.
 pub fn ticket() -> ResumeTicket {
-    ResumeTicket { id: [9; 16], secret: Zeroizing::new([42; 32]) }
+    ResumeTicket {
+        id: [9; 16],
+        secret: Zeroizing::new([42; 32]),
+    }
 }
 
 /// A lowered rekey policy, so that a few small records already ratchet the keys. The
 /// receiver's ceiling stays far above one key's use, or a legitimate sender would trip it.
 pub fn small_policy() -> RekeyPolicy {
-    RekeyPolicy { after_blocks: 64, after_records: 3, ..RekeyPolicy::default() }
+    RekeyPolicy {
+        after_blocks: 64,
+        after_records: 3,
+        ..RekeyPolicy::default()
+    }
 }
 
 /// The client handshake from the fixed inputs, with or without the ticket.
 pub fn client(with_ticket: bool) -> (ClientHandshake, Vec<u8>) {
-    ClientHandshake::with_inputs(CLIENT_RANDOM, CLIENT_EPHEMERAL, with_ticket.then(ticket), RekeyPolicy::default())
+    ClientHandshake::with_inputs(
+        CLIENT_RANDOM,
+        CLIENT_EPHEMERAL,
+        with_ticket.then(ticket),
+        RekeyPolicy::default(),
+    )
 }
 
 /// Splits a stream into frames, stopping at the first incomplete frame or framing error.
@@ -154,7 +170,10 @@ pub fn pending_finished() -> &'static PendingFinished {
         let (server, flight) = received.resume(server_inputs(RekeyPolicy::default()), &ticket().secret);
         let run = run_client(true, &flight);
         let client = run.established.expect("the fixed resumption succeeds");
-        PendingFinished { server, client_finished: client.finished }
+        PendingFinished {
+            server,
+            client_finished: client.finished,
+        }
     })
 }
 
@@ -174,8 +193,13 @@ fn establish(policy: RekeyPolicy) -> Established {
         done = client.handle(frame).expect("fixed resumption succeeds");
     }
     let client = done.expect("whole flight");
-    let server = server.read_finished(frames(&client.finished).remove(0)).expect("client Finished verifies");
-    Established { client: client.session, server: server.session }
+    let server = server
+        .read_finished(frames(&client.finished).remove(0))
+        .expect("client Finished verifies");
+    Established {
+        client: client.session,
+        server: server.session,
+    }
 }
 
 /// An established pair under the default rekey policy.

@@ -5,8 +5,7 @@
 //! requests and get no reply (`Ping` gets a `Pong`).
 
 use crate::limits::{
-    MAX_DEVICE_NAME, MAX_LIST, MAX_PUBLIC_KEY_DER, MAX_SIGNATURE, MAX_STATUS_TEXT, MAX_TEXT,
-    MAX_TOPIC,
+    MAX_DEVICE_NAME, MAX_LIST, MAX_PUBLIC_KEY_DER, MAX_SIGNATURE, MAX_STATUS_TEXT, MAX_TEXT, MAX_TOPIC,
 };
 use crate::name::{RoomName, Target, UserName};
 use crate::wire::Reader;

@@ -48,12 +48,7 @@ pub(crate) struct Text(pub usize);
 
 impl Codec<String> for Text {
     fn write(&self, w: &mut Writer<'_>, v: &String) {
-        debug_assert!(
-            v.len() <= self.0,
-            "text of {} bytes over its limit {}",
-            v.len(),
-            self.0
-        );
+        debug_assert!(v.len() <= self.0, "text of {} bytes over its limit {}", v.len(), self.0);
         w.str(v);
     }
 
@@ -77,12 +72,7 @@ pub(crate) struct Bytes(pub usize);
 
 impl Codec<Vec<u8>> for Bytes {
     fn write(&self, w: &mut Writer<'_>, v: &Vec<u8>) {
-        debug_assert!(
-            v.len() <= self.0,
-            "{} bytes over the limit {}",
-            v.len(),
-            self.0
-        );
+        debug_assert!(v.len() <= self.0, "{} bytes over the limit {}", v.len(), self.0);
         w.blob(v);
     }
 
@@ -96,12 +86,7 @@ pub(crate) struct List(pub usize);
 
 impl<T: Item> Codec<Vec<T>> for List {
     fn write(&self, w: &mut Writer<'_>, v: &Vec<T>) {
-        debug_assert!(
-            v.len() <= self.0,
-            "{} items over the limit {}",
-            v.len(),
-            self.0
-        );
+        debug_assert!(v.len() <= self.0, "{} items over the limit {}", v.len(), self.0);
         w.count(v.len());
         for item in v {
             item.put(w);
@@ -141,10 +126,7 @@ impl Codec<String> for ClientIdText {
             return Err(WireError::Invalid { field, value: 0 });
         }
         if let Some(b) = s.bytes().find(|b| !(0x21..=0x7e).contains(b)) {
-            return Err(WireError::Invalid {
-                field,
-                value: b.into(),
-            });
+            return Err(WireError::Invalid { field, value: b.into() });
         }
         Ok(s.to_owned())
     }
@@ -165,10 +147,7 @@ impl Codec<u16> for PageSize {
         if (1..=MAX_PAGE).contains(&usize::from(v)) {
             Ok(v)
         } else {
-            Err(WireError::Invalid {
-                field,
-                value: v.into(),
-            })
+            Err(WireError::Invalid { field, value: v.into() })
         }
     }
 }
@@ -187,11 +166,7 @@ fn read_option<'a, T>(
     get: impl FnOnce(&mut Reader<'a>) -> Result<T, WireError>,
 ) -> Result<Option<T>, WireError> {
     // Same rule as a bool: exactly 0 or 1, so an option has one encoding.
-    if r.bool(field)? {
-        get(r).map(Some)
-    } else {
-        Ok(None)
-    }
+    if r.bool(field)? { get(r).map(Some) } else { Ok(None) }
 }
 
 impl<T: Field> Field for Option<T> {

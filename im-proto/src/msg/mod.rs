@@ -32,9 +32,8 @@ pub use client::ClientMsg;
 pub use error_code::{CloseReason, ErrorCode};
 pub use server::ServerMsg;
 pub use types::{
-    ChatMessage, Contact, ContactState, DeviceId, DeviceInfo, Member, MessageId, Password,
-    Presence, PresenceInfo, RequestId, Role, RoomEventKind, RoomInfo, Secret, TICKET_SECRET_LEN,
-    TicketSecret, Timestamp, is_valid_client_id,
+    ChatMessage, Contact, ContactState, DeviceId, DeviceInfo, Member, MessageId, Password, Presence, PresenceInfo,
+    RequestId, Role, RoomEventKind, RoomInfo, Secret, TICKET_SECRET_LEN, TicketSecret, Timestamp, is_valid_client_id,
 };
 
 use crate::wire::WireError;

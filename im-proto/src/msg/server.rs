@@ -9,8 +9,8 @@ use crate::name::{RoomName, Target, UserName};
 use super::error_code::clip;
 use super::field::{ClientIdText, List, Text};
 use super::{
-    ChatMessage, Contact, ContactState, DeviceId, DeviceInfo, ErrorCode, Member, MessageId,
-    PresenceInfo, RequestId, RoomEventKind, RoomInfo, TicketSecret, Timestamp,
+    ChatMessage, Contact, ContactState, DeviceId, DeviceInfo, ErrorCode, Member, MessageId, PresenceInfo, RequestId,
+    RoomEventKind, RoomInfo, TicketSecret, Timestamp,
 };
 
 catalogue! {

@@ -166,14 +166,8 @@ fn print_vectors() {
 #[test]
 fn unknown_and_wrong_direction_kinds() {
     assert_eq!(client_err("0000"), MsgError::UnknownKind(0));
-    assert_eq!(
-        client_err("4001 0000000000000000"),
-        MsgError::UnknownKind(0x4001)
-    );
-    assert_eq!(
-        server_err("0001 0000000000000000"),
-        MsgError::UnknownKind(0x0001)
-    );
+    assert_eq!(client_err("4001 0000000000000000"), MsgError::UnknownKind(0x4001));
+    assert_eq!(server_err("0001 0000000000000000"), MsgError::UnknownKind(0x0001));
     assert_eq!(client_err("8000"), MsgError::UnknownKind(0x8000));
     assert_eq!(server_err("ffff"), MsgError::UnknownKind(0xffff));
     assert!(matches!(
@@ -192,14 +186,8 @@ fn reserved_kinds() {
     assert_eq!(client_err("3f00").code(), ErrorCode::Unsupported);
     let sealed = hex::decode("3f0000000005ab").unwrap();
     assert_eq!(ClientMsg::peek_request_id(&sealed), Some(RequestId(5)));
-    assert_eq!(
-        ClientMsg::peek_request_id(&hex::decode("000100").unwrap()),
-        None
-    );
-    assert_eq!(
-        ClientMsg::peek_request_id(&hex::decode("0013000000").unwrap()),
-        None
-    );
+    assert_eq!(ClientMsg::peek_request_id(&hex::decode("000100").unwrap()), None);
+    assert_eq!(ClientMsg::peek_request_id(&hex::decode("0013000000").unwrap()), None);
 }
 
 #[test]
@@ -228,11 +216,7 @@ fn invalid_enum_bytes() {
             value: 5
         })
     );
-    assert!(
-        client_err("0050 00000001 00 00")
-            .to_string()
-            .contains("presence")
-    );
+    assert!(client_err("0050 00000001 00 00").to_string().contains("presence"));
     // ContactUpdate { bob, Some(4) }
     assert_eq!(
         server_err("4041 0003626f62 01 04"),
@@ -426,16 +410,8 @@ fn error_code_table() {
     let mut codes = std::collections::HashSet::new();
     let mut names = std::collections::HashSet::new();
     for &c in ErrorCode::ALL {
-        assert!(
-            codes.insert(c.code()) && names.insert(c.name()),
-            "{c:?} duplicated"
-        );
-        assert!(
-            c.name()
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b == b'_'),
-            "{c:?}"
-        );
+        assert!(codes.insert(c.code()) && names.insert(c.name()), "{c:?} duplicated");
+        assert!(c.name().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{c:?}");
         assert_eq!(ErrorCode::from_code(c.code()), Some(c));
         assert_eq!(ErrorCode::from_wire(c.code()), c);
         assert_eq!(ErrorCode::from_name(c.name()), Some(c));
@@ -463,9 +439,7 @@ fn long_texts_are_clipped_on_char_boundaries() {
     let long = "é".repeat(MAX_REASON);
     let close = CloseReason::new(ErrorCode::Internal, long.clone());
     assert_eq!(close.text.len(), MAX_REASON);
-    let ServerMsg::Error { text, .. } =
-        ServerMsg::error(None, ErrorCode::Internal, format!("x{long}"))
-    else {
+    let ServerMsg::Error { text, .. } = ServerMsg::error(None, ErrorCode::Internal, format!("x{long}")) else {
         unreachable!()
     };
     assert_eq!(text.len(), MAX_REASON - 1);
@@ -476,10 +450,7 @@ fn request_ids() {
     let (_, send, _) = &client_vectors()[2];
     assert_eq!(send.request_id(), Some(RequestId(7)));
     assert_eq!(ClientMsg::Ping { nonce: 1 }.request_id(), None);
-    assert_eq!(
-        ServerMsg::error(None, ErrorCode::Internal, "").request_id(),
-        None
-    );
+    assert_eq!(ServerMsg::error(None, ErrorCode::Internal, "").request_id(), None);
     assert_eq!(
         ServerMsg::error(Some(RequestId(4)), ErrorCode::Internal, "").request_id(),
         Some(RequestId(4))

@@ -6,7 +6,9 @@ use std::sync::OnceLock;
 
 use bytes::BytesMut;
 use im_proto::frame::{Frame, FrameDecoder};
-use im_proto::handshake::{ClientEstablished, ClientHandshake, ResumeTicket, ServerEstablished, ServerHandshake, ServerInputs};
+use im_proto::handshake::{
+    ClientEstablished, ClientHandshake, ResumeTicket, ServerEstablished, ServerHandshake, ServerInputs,
+};
 use im_proto::hostkey::RsaSigner;
 use im_proto::record::RekeyPolicy;
 use im_proto::session::{Incoming, Session, SessionError};
@@ -53,7 +55,11 @@ pub fn client_inputs(n: u8) -> ([u8; 32], [u8; 32]) {
 }
 
 pub fn server_inputs(n: u8, policy: RekeyPolicy) -> ServerInputs {
-    ServerInputs { random: [n.wrapping_add(50); 32], ephemeral: Zeroizing::new([n.wrapping_add(150); 32]), policy }
+    ServerInputs {
+        random: [n.wrapping_add(50); 32],
+        ephemeral: Zeroizing::new([n.wrapping_add(150); 32]),
+        policy,
+    }
 }
 
 /// Runs a whole handshake in memory. With `psk` the server resumes the client's ticket.
@@ -75,14 +81,24 @@ pub fn handshake(ticket: Option<ResumeTicket>, server_knows_ticket: bool, policy
         established = client.handle(f).unwrap();
     }
     let client = established.expect("client finished");
-    let server = expect_finished.read_finished(frames(&client.finished).remove(0)).unwrap();
+    let server = expect_finished
+        .read_finished(frames(&client.finished).remove(0))
+        .unwrap();
     let mut c2s = ch;
     c2s.extend_from_slice(&client.finished);
-    Pair { client, server, c2s, s2c }
+    Pair {
+        client,
+        server,
+        c2s,
+        s2c,
+    }
 }
 
 pub fn ticket() -> ResumeTicket {
-    ResumeTicket { id: [9; 16], secret: Zeroizing::new([42; 32]) }
+    ResumeTicket {
+        id: [9; 16],
+        secret: Zeroizing::new([42; 32]),
+    }
 }
 
 /// Feeds a whole byte stream to a session; a stream that ends mid-frame is an error, as a

@@ -67,7 +67,13 @@ impl Server {
         if let Some(c) = config {
             std::fs::write(data.join("config.toml"), c).unwrap();
         }
-        let mut s = Server { proc: None, stderr_log: dir.path().join("server.log"), dir, addr: String::new(), config: config.map(str::to_owned) };
+        let mut s = Server {
+            proc: None,
+            stderr_log: dir.path().join("server.log"),
+            dir,
+            addr: String::new(),
+            config: config.map(str::to_owned),
+        };
         s.spawn("127.0.0.1:0");
         s
     }
@@ -78,12 +84,19 @@ impl Server {
 
     /// Starts the server binary and waits for its `listening on` line.
     fn spawn(&mut self, listen: &str) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr_log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_log)
+            .unwrap();
         let mut child = Command::new(bin("im-server"))
             .args(["--data-dir"])
             .arg(self.data_dir())
             .args(["--listen", listen])
-            .env("RUST_LOG", std::env::var("IM_TEST_SERVER_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("IM_TEST_SERVER_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -92,7 +105,11 @@ impl Server {
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("read server stdout");
-        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}; log:\n{}", self.log())).to_owned();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}; log:\n{}", self.log()))
+            .to_owned();
         self.addr = addr;
         self.proc = Some(Proc { child });
     }
@@ -146,7 +163,12 @@ impl Server {
     pub fn client(&self, name: &str) -> Client {
         let home = self.dir.path().join(format!("home-{name}"));
         std::fs::create_dir_all(&home).unwrap();
-        Client { home, server: self.addr.clone(), user: name.to_owned(), password: format!("{name}-password-1") }
+        Client {
+            home,
+            server: self.addr.clone(),
+            user: name.to_owned(),
+            password: format!("{name}-password-1"),
+        }
     }
 
     /// Registers `name` and returns its client.
@@ -169,15 +191,23 @@ pub struct Client {
 impl Client {
     /// A second device of the same user: another home, same account.
     pub fn device(&self, tag: &str) -> Client {
-        let home = self.home.with_file_name(format!("{}-{tag}", self.home.file_name().unwrap().to_string_lossy()));
+        let home = self
+            .home
+            .with_file_name(format!("{}-{tag}", self.home.file_name().unwrap().to_string_lossy()));
         std::fs::create_dir_all(&home).unwrap();
         Client { home, ..self.clone() }
     }
 
     pub fn command(&self, args: &[&str]) -> TestCommand {
         let mut cmd = Command::new(bin("im-client"));
-        cmd.arg("--home").arg(&self.home).args(["--server", &self.server, "--user", &self.user, "--accept-new"]).args(args);
-        cmd.env("IM_PASSWORD", &self.password).env_remove("IM_HOME").env_remove("IM_SERVER").env_remove("IM_USER");
+        cmd.arg("--home")
+            .arg(&self.home)
+            .args(["--server", &self.server, "--user", &self.user, "--accept-new"])
+            .args(args);
+        cmd.env("IM_PASSWORD", &self.password)
+            .env_remove("IM_HOME")
+            .env_remove("IM_SERVER")
+            .env_remove("IM_USER");
         TestCommand { cmd, stdin: None }
     }
 
@@ -209,7 +239,11 @@ impl TestCommand {
     }
 
     pub fn run(mut self) -> Run {
-        self.cmd.stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        self.cmd.stdin(if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         self.cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = self.cmd.spawn().expect("spawn im-client");
         if let Some(input) = self.stdin.take() {
@@ -219,15 +253,24 @@ impl TestCommand {
             });
         }
         let out = wait_with_timeout(child, Duration::from_secs(60));
-        Run { out, desc: format!("{:?}", self.cmd) }
+        Run {
+            out,
+            desc: format!("{:?}", self.cmd),
+        }
     }
 
     /// Starts the command in the background (e.g. `listen`), its stdout readable line by line.
     pub fn spawn(mut self) -> Background {
-        self.cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        self.cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = self.cmd.spawn().expect("spawn im-client");
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        Background { proc: Proc { child }, stdout }
+        Background {
+            proc: Proc { child },
+            stdout,
+        }
     }
 }
 
@@ -255,7 +298,11 @@ fn wait_with_timeout(mut child: Child, limit: Duration) -> Output {
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    Output { status, stdout: out_t.join().unwrap(), stderr: err_t.join().unwrap() }
+    Output {
+        status,
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
 }
 
 /// A finished command.
@@ -278,7 +325,13 @@ impl Run {
     }
 
     fn explain(&self) -> String {
-        format!("{}\nexit: {:?}\nstdout:\n{}\nstderr:\n{}", self.desc, self.out.status, self.stdout(), self.stderr())
+        format!(
+            "{}\nexit: {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.desc,
+            self.out.status,
+            self.stdout(),
+            self.stderr()
+        )
     }
 
     /// Asserts exit 0 and returns self.
@@ -304,7 +357,12 @@ impl Run {
 
     /// The JSON error object on stderr.
     pub fn json_error(&self) -> serde_json::Value {
-        let line = self.stderr().lines().find(|l| l.starts_with('{')).map(str::to_owned).unwrap_or_else(|| panic!("no JSON error on stderr:\n{}", self.explain()));
+        let line = self
+            .stderr()
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no JSON error on stderr:\n{}", self.explain()));
         serde_json::from_str(&line).unwrap()
     }
 }
@@ -349,7 +407,10 @@ impl Background {
         let mut rest = String::new();
         let _ = self.stdout.read_to_string(&mut rest);
         let out = wait_with_timeout_no_stdout(child);
-        Output { stdout: rest.into_bytes(), ..out }
+        Output {
+            stdout: rest.into_bytes(),
+            ..out
+        }
     }
 }
 
@@ -360,7 +421,11 @@ fn wait_with_timeout_no_stdout(mut child: Child) -> Output {
     if let Some(s) = stderr.as_mut() {
         let _ = s.read_to_end(&mut e);
     }
-    Output { status, stdout: Vec::new(), stderr: e }
+    Output {
+        status,
+        stdout: Vec::new(),
+        stderr: e,
+    }
 }
 
 /// Serializes tests that are heavy on CPU (crash loops), so they do not starve each other

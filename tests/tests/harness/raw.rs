@@ -6,11 +6,11 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use im_proto::UserName;
 use im_proto::frame::FrameDecoder;
 use im_proto::handshake::ClientHandshake;
 use im_proto::msg::{ClientMsg, CloseReason, DeviceId, RequestId, ServerMsg};
 use im_proto::session::{Incoming, Session};
-use im_proto::UserName;
 
 pub struct Raw {
     pub stream: TcpStream,
@@ -39,7 +39,11 @@ impl Raw {
             }
         };
         stream.write_all(&est.finished).unwrap();
-        let mut raw = Raw { stream, session: est.session, buf };
+        let mut raw = Raw {
+            stream,
+            session: est.session,
+            buf,
+        };
         raw.send(&ClientMsg::LoginPassword {
             req: RequestId(1),
             user: UserName::parse(user).unwrap(),

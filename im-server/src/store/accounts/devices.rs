@@ -12,9 +12,7 @@ use im_proto::limits::TICKET_ID_LEN;
 use rusqlite::{OptionalExtension, params};
 use zeroize::Zeroizing;
 
-use super::{
-    Accounts, AccountsError, DbUserName, Result, UserId, device_id_of, device_key, ensure_user,
-};
+use super::{Accounts, AccountsError, DbUserName, Result, UserId, device_id_of, device_key, ensure_user};
 
 /// Bytes of a ticket's secret.
 pub const TICKET_SECRET_LEN: usize = 32;
@@ -97,13 +95,7 @@ fn device_exists(c: &rusqlite::Connection, user: UserId, device_id: u64) -> Resu
 impl Accounts {
     /// Records that the device logged in: creates it (cursor 0) or updates its name and last
     /// seen time. True if the device is new.
-    pub fn touch_device(
-        &self,
-        user: UserId,
-        device_id: u64,
-        name: &str,
-        now_ms: u64,
-    ) -> Result<bool> {
+    pub fn touch_device(&self, user: UserId, device_id: u64, name: &str, now_ms: u64) -> Result<bool> {
         self.write(|c| {
             ensure_user(c, user)?;
             let created = !device_exists(c, user, device_id)?;
@@ -268,19 +260,12 @@ impl Accounts {
 
     /// Revokes every ticket of the user (a password reset by the administrator).
     pub fn delete_tickets_of_user(&self, user: UserId) -> Result<u64> {
-        self.write(|c| {
-            Ok(c.execute("DELETE FROM tickets WHERE user_id = ?1", params![user.0])? as u64)
-        })
+        self.write(|c| Ok(c.execute("DELETE FROM tickets WHERE user_id = ?1", params![user.0])? as u64))
     }
 
     /// Deletes the tickets expired at `now_ms`. Returns how many.
     pub fn purge_expired_tickets(&self, now_ms: u64) -> Result<u64> {
-        self.write(|c| {
-            Ok(c.execute(
-                "DELETE FROM tickets WHERE expires_ms <= ?1",
-                params![now_ms],
-            )? as u64)
-        })
+        self.write(|c| Ok(c.execute("DELETE FROM tickets WHERE expires_ms <= ?1", params![now_ms])? as u64))
     }
 }
 

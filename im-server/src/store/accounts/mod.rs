@@ -87,11 +87,7 @@ pub enum AccountsError {
         "{}: database schema version {found} is newer than this server supports ({supported})",
         path.display()
     )]
-    TooNew {
-        path: PathBuf,
-        found: i64,
-        supported: i64,
-    },
+    TooNew { path: PathBuf, found: i64, supported: i64 },
     /// The file is ours but holds something that cannot be right (a malformed name, an
     /// unknown role, damaged pages).
     #[error("{} is corrupt: {detail}", path.display())]
@@ -161,11 +157,9 @@ impl Accounts {
                 path: dest.to_owned(),
                 source,
             })?;
-        let copied = self.lock().backup(
-            rusqlite::MAIN_DB,
-            dest,
-            None::<fn(rusqlite::backup::Progress)>,
-        );
+        let copied = self
+            .lock()
+            .backup(rusqlite::MAIN_DB, dest, None::<fn(rusqlite::backup::Progress)>);
         if let Err(e) = copied {
             // Half a copy is worse than none: it looks like a backup.
             let _ = std::fs::remove_file(dest);
@@ -177,9 +171,7 @@ impl Accounts {
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while the lock was held cannot leave a half-done write behind: the
         // transaction it was in rolled back when it was dropped.
-        self.conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs `f` in a read transaction, so that its statements see one snapshot.
@@ -249,12 +241,10 @@ fn is_bad_data(e: &rusqlite::Error) -> bool {
 /// Maps an error met while opening to one that names the file.
 fn file_error(path: &Path, e: rusqlite::Error) -> AccountsError {
     match &e {
-        rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::NotADatabase => {
-            AccountsError::Foreign {
-                path: path.to_owned(),
-                reason: "not a SQLite database".into(),
-            }
-        }
+        rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::NotADatabase => AccountsError::Foreign {
+            path: path.to_owned(),
+            reason: "not a SQLite database".into(),
+        },
         _ if is_bad_data(&e) => AccountsError::Corrupt {
             path: path.to_owned(),
             detail: e.to_string(),
@@ -317,9 +307,7 @@ fn device_id_of(key: i64) -> u64 {
 /// race-free; the foreign keys are the backstop.
 fn ensure_user(conn: &Connection, user: UserId) -> Result<()> {
     let found = conn
-        .query_row("SELECT 1 FROM users WHERE id = ?1", params![user.0], |_| {
-            Ok(())
-        })
+        .query_row("SELECT 1 FROM users WHERE id = ?1", params![user.0], |_| Ok(()))
         .optional()?;
     found.ok_or(AccountsError::NotFound("user"))
 }

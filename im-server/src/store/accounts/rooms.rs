@@ -82,12 +82,12 @@ pub struct RoomMember {
 }
 
 fn room_id(c: &Connection, room: &RoomName) -> Result<Option<i64>> {
-    Ok(c.query_row(
-        "SELECT id FROM rooms WHERE name = ?1",
-        params![room.as_str()],
-        |r| r.get(0),
+    Ok(
+        c.query_row("SELECT id FROM rooms WHERE name = ?1", params![room.as_str()], |r| {
+            r.get(0)
+        })
+        .optional()?,
     )
-    .optional()?)
 }
 
 fn existing_room(c: &Connection, room: &RoomName) -> Result<i64> {
@@ -118,13 +118,7 @@ impl Accounts {
     /// Puts the user in the room, creating it (with the user as owner) if it does not exist.
     /// [`AccountsError::Banned`] if the user is banned from it. Joining a room one is in
     /// changes nothing.
-    pub fn join_room(
-        &self,
-        room: &RoomName,
-        user: UserId,
-        joined_at_msg_id: u64,
-        now_ms: u64,
-    ) -> Result<JoinOutcome> {
+    pub fn join_room(&self, room: &RoomName, user: UserId, joined_at_msg_id: u64, now_ms: u64) -> Result<JoinOutcome> {
         self.write(|c| {
             ensure_user(c, user)?;
             let (id, created) = match room_id(c, room)? {
@@ -262,11 +256,9 @@ impl Accounts {
     pub fn topic(&self, room: &RoomName) -> Result<Option<String>> {
         self.read(|c| {
             let topic = c
-                .query_row(
-                    "SELECT topic FROM rooms WHERE name = ?1",
-                    params![room.as_str()],
-                    |r| r.get(0),
-                )
+                .query_row("SELECT topic FROM rooms WHERE name = ?1", params![room.as_str()], |r| {
+                    r.get(0)
+                })
                 .optional()?;
             topic.ok_or(AccountsError::NotFound("room"))
         })

@@ -67,8 +67,7 @@ impl Accounts {
     pub fn user(&self, name: &UserName) -> Result<Option<UserRecord>> {
         self.read(|c| {
             let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?1");
-            Ok(c.query_row(&sql, params![name.as_str()], user_row)
-                .optional()?)
+            Ok(c.query_row(&sql, params![name.as_str()], user_row).optional()?)
         })
     }
 
@@ -99,9 +98,7 @@ impl Accounts {
     /// Deletes a user and everything of theirs: keys, devices, tickets, memberships, bans,
     /// contacts and blocks, both ways. Rooms they own stay. False if there was no such user.
     pub fn delete_user(&self, name: &UserName) -> Result<bool> {
-        self.write(|c| {
-            Ok(c.execute("DELETE FROM users WHERE name = ?1", params![name.as_str()])? > 0)
-        })
+        self.write(|c| Ok(c.execute("DELETE FROM users WHERE name = ?1", params![name.as_str()])? > 0))
     }
 
     /// Every user with their creation time, by name.

@@ -208,9 +208,7 @@ pub enum StoreError {
 
 fn engine_error(path: &Path, e: fjall::Error) -> StoreError {
     match e {
-        fjall::Error::Locked => StoreError::Locked {
-            path: path.to_owned(),
-        },
+        fjall::Error::Locked => StoreError::Locked { path: path.to_owned() },
         fjall::Error::Io(source) => StoreError::Io {
             path: path.to_owned(),
             source: Arc::new(source),
@@ -258,11 +256,8 @@ struct Keyspaces {
 impl Keyspaces {
     fn open(db: &Database) -> fjall::Result<Keyspaces> {
         // Options apply when a keyspace is created; an existing one keeps its own.
-        let ks = |name, memtable: u64| {
-            db.keyspace(name, || {
-                KeyspaceCreateOptions::default().max_memtable_size(memtable)
-            })
-        };
+        let ks =
+            |name, memtable: u64| db.keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(memtable));
         Ok(Keyspaces {
             msgs: ks(KS_MSGS, MSGS_MEMTABLE_BYTES)?,
             ids: ks(KS_IDS, INDEX_MEMTABLE_BYTES)?,
@@ -348,10 +343,7 @@ impl MessageLog {
     /// in id order, once it is durable and before its sender is answered: the feed for
     /// routing messages to their recipients. Duplicates are not sent again. A dropped
     /// receiver is ignored.
-    pub fn open_with_sink(
-        dir: &Path,
-        sink: mpsc::UnboundedSender<StoredMessage>,
-    ) -> Result<MessageLog, StoreError> {
+    pub fn open_with_sink(dir: &Path, sink: mpsc::UnboundedSender<StoredMessage>) -> Result<MessageLog, StoreError> {
         MessageLog::open_inner(dir, system_clock(), Some(sink))
     }
 
@@ -490,10 +482,7 @@ impl MessageLog {
         }
         let ck = record::conv_key(conv);
         let snapshot = self.inner.db.snapshot();
-        let range = snapshot.range(
-            &self.inner.ks.msgs,
-            record::msg_key(&ck, lo)..=record::msg_key(&ck, hi),
-        );
+        let range = snapshot.range(&self.inner.ks.msgs, record::msg_key(&ck, lo)..=record::msg_key(&ck, hi));
         let newest_first = before.is_some() || after.is_none();
         let iter: Box<dyn Iterator<Item = fjall::Guard>> = if newest_first {
             Box::new(range.rev())
@@ -541,9 +530,9 @@ impl MessageLog {
             record::inbox_key(user, after + 1)..=record::inbox_key(user, cap),
         );
         let (this, me, snap) = (self.clone(), user.clone(), snapshot.clone());
-        sources.push(Box::new(inbox.filter_map(move |guard| {
-            this.inbox_entry(&snap, &me, guard).transpose()
-        })));
+        sources.push(Box::new(
+            inbox.filter_map(move |guard| this.inbox_entry(&snap, &me, guard).transpose()),
+        ));
 
         for (room, visible_from) in rooms {
             let lo = after.max(*visible_from).saturating_add(1);
@@ -578,9 +567,7 @@ impl MessageLog {
             let Some(Reverse((id, i))) = heap.pop() else {
                 break;
             };
-            let (Some(m), Some(source)) =
-                (heads.get_mut(i).and_then(Option::take), sources.get_mut(i))
-            else {
+            let (Some(m), Some(source)) = (heads.get_mut(i).and_then(Option::take), sources.get_mut(i)) else {
                 break;
             };
             // A room listed twice yields its messages twice: ids are unique, so skip repeats.
@@ -696,10 +683,7 @@ impl MessageLog {
         let peer = record::decode_user(&v).map_err(|d| self.corrupt(KS_INBOX, d))?;
         let conv = Conversation::direct(user, &peer);
         let key = record::msg_key(&record::conv_key(&conv), id);
-        match snapshot
-            .get(&self.inner.ks.msgs, &key)
-            .map_err(|e| self.engine(e))?
-        {
+        match snapshot.get(&self.inner.ks.msgs, &key).map_err(|e| self.engine(e))? {
             Some(v) => self.decode_msg(&key, &v, Some(&conv)).map(Some),
             None => {
                 tracing::warn!(path = %self.inner.path.display(), id, "inbox entry without its message");
@@ -709,12 +693,7 @@ impl MessageLog {
     }
 
     /// Decodes a `msgs` record and checks it against its key.
-    fn decode_msg(
-        &self,
-        key: &[u8],
-        value: &[u8],
-        conv: Option<&Conversation>,
-    ) -> Result<StoredMessage, StoreError> {
+    fn decode_msg(&self, key: &[u8], value: &[u8], conv: Option<&Conversation>) -> Result<StoredMessage, StoreError> {
         let m = record::decode_record(value).map_err(|d| self.corrupt(KS_MSGS, d))?;
         check_record(key, &m, conv).map_err(|d| self.corrupt(KS_MSGS, d))?;
         Ok(m)
@@ -751,11 +730,7 @@ fn load_by_id(path: &Path, ks: &Keyspaces, id: u64) -> Result<Option<StoredMessa
         path: path.to_owned(),
         detail: format!("{what}: {d}"),
     };
-    let Some(v) = ks
-        .ids
-        .get(id.to_be_bytes())
-        .map_err(|e| engine_error(path, e))?
-    else {
+    let Some(v) = ks.ids.get(id.to_be_bytes()).map_err(|e| engine_error(path, e))? else {
         return Ok(None);
     };
     let (_, conv) = record::decode_id_entry(&v).map_err(|d| corrupt(KS_IDS, d))?;
@@ -775,9 +750,7 @@ fn validate(msg: &NewMessage) -> Result<(), StoreError> {
         )));
     }
     if msg.text.len() > MAX_TEXT {
-        return Err(StoreError::Invalid(format!(
-            "text longer than {MAX_TEXT} bytes"
-        )));
+        return Err(StoreError::Invalid(format!("text longer than {MAX_TEXT} bytes")));
     }
     Ok(())
 }
@@ -792,9 +765,7 @@ fn check_existing(db: &Database, path: &Path) -> Result<(), StoreError> {
         detail: detail.into(),
     };
     if db.keyspace_exists(KS_META) {
-        let meta = db
-            .keyspace(KS_META, KeyspaceCreateOptions::default)
-            .map_err(eng)?;
+        let meta = db.keyspace(KS_META, KeyspaceCreateOptions::default).map_err(eng)?;
         if let Some(v) = meta.get(META_FORMAT).map_err(eng)? {
             let version = v
                 .strip_prefix(FORMAT_MAGIC)
@@ -820,9 +791,7 @@ fn check_existing(db: &Database, path: &Path) -> Result<(), StoreError> {
                 .map_err(eng)
         };
         if !ours || !empty()? {
-            return Err(foreign(
-                "a fjall database without the message log's format marker",
-            ));
+            return Err(foreign("a fjall database without the message log's format marker"));
         }
     }
     Ok(())
@@ -890,16 +859,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = MessageLog::open(dir.path()).unwrap();
         let mut m = dm("a", "b", &"x".repeat(MAX_CLIENT_ID + 1));
-        assert!(matches!(
-            log.append_blocking(m.clone()),
-            Err(StoreError::Invalid(_))
-        ));
+        assert!(matches!(log.append_blocking(m.clone()), Err(StoreError::Invalid(_))));
         m.client_id.clear();
         m.text = "x".repeat(MAX_TEXT + 1);
-        assert!(matches!(
-            log.append_blocking(m),
-            Err(StoreError::Invalid(_))
-        ));
+        assert!(matches!(log.append_blocking(m), Err(StoreError::Invalid(_))));
         assert_eq!(log.last_id(), 0);
     }
 
@@ -914,10 +877,7 @@ mod tests {
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        let new: Vec<_> = results
-            .iter()
-            .filter(|r| matches!(r, Appended::New(_)))
-            .collect();
+        let new: Vec<_> = results.iter().filter(|r| matches!(r, Appended::New(_))).collect();
         assert_eq!(new.len(), 1);
         let id = new[0].message().id;
         assert!(results.iter().all(|r| r.message().id == id));
@@ -930,15 +890,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let now = Arc::new(AtomicU64::new(10 * record::DAY_MS + 5));
         let clock_now = now.clone();
-        let log = MessageLog::open_with_clock(
-            dir.path(),
-            Arc::new(move || clock_now.load(Ordering::SeqCst)),
-        )
-        .unwrap();
-        let first = log
-            .append_blocking(dm("a", "b", "c1"))
-            .unwrap()
-            .into_message();
+        let log = MessageLog::open_with_clock(dir.path(), Arc::new(move || clock_now.load(Ordering::SeqCst))).unwrap();
+        let first = log.append_blocking(dm("a", "b", "c1")).unwrap().into_message();
         // Across a day boundary, still inside the window: a duplicate.
         now.store(11 * record::DAY_MS + 4, Ordering::SeqCst);
         assert_eq!(
@@ -965,11 +918,7 @@ mod tests {
         now.store(13 * record::DAY_MS, Ordering::SeqCst);
         assert_eq!(log.delete_older_than(0, 100).unwrap(), 0);
         assert!(log.inner.ks.dedup.is_empty().unwrap());
-        assert_eq!(
-            log.count().unwrap(),
-            4,
-            "messages are not touched by dedup expiry"
-        );
+        assert_eq!(log.count().unwrap(), 4, "messages are not touched by dedup expiry");
     }
 
     #[test]
@@ -986,10 +935,7 @@ mod tests {
         }
         let log = MessageLog::open(dir.path()).unwrap();
         assert_eq!(log.last_id(), 3);
-        let m = log
-            .append_blocking(dm("a", "#r", ""))
-            .unwrap()
-            .into_message();
+        let m = log.append_blocking(dm("a", "#r", "")).unwrap().into_message();
         assert_eq!(m.id, 4);
     }
 
@@ -997,17 +943,10 @@ mod tests {
     fn a_corrupt_record_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let log = MessageLog::open(dir.path()).unwrap();
-        let m = log
-            .append_blocking(dm("a", "b", ""))
-            .unwrap()
-            .into_message();
+        let m = log.append_blocking(dm("a", "b", "")).unwrap().into_message();
         let conv = Conversation::of(&m.from, &m.to);
         let key = record::msg_key(&record::conv_key(&conv), m.id);
-        log.inner
-            .ks
-            .msgs
-            .insert(key, b"\x01garbage".to_vec())
-            .unwrap();
+        log.inner.ks.msgs.insert(key, b"\x01garbage".to_vec()).unwrap();
         let err = log.history(&conv, None, None, 10).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains(&dir.path().display().to_string()));

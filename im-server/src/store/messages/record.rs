@@ -175,16 +175,7 @@ pub(super) fn decode_user(v: &[u8]) -> Result<UserName, String> {
 pub(super) fn encode_record(m: &StoredMessage) -> Vec<u8> {
     let to = m.to.as_str();
     let mut v = Vec::with_capacity(
-        1 + 8
-            + 8
-            + 1
-            + 8
-            + 3
-            + m.from.as_str().len()
-            + to.len()
-            + m.client_id.len()
-            + 4
-            + m.text.len(),
+        1 + 8 + 8 + 1 + 8 + 3 + m.from.as_str().len() + to.len() + m.client_id.len() + 4 + m.text.len(),
     );
     v.push(RECORD_VERSION);
     v.extend_from_slice(&m.id.to_be_bytes());
@@ -197,11 +188,7 @@ pub(super) fn encode_record(m: &StoredMessage) -> Vec<u8> {
         v.push(u8::try_from(s.len()).unwrap_or(u8::MAX));
         v.extend_from_slice(&s.as_bytes()[..s.len().min(255)]);
     }
-    v.extend_from_slice(
-        &u32::try_from(m.text.len())
-            .unwrap_or(u32::MAX)
-            .to_be_bytes(),
-    );
+    v.extend_from_slice(&u32::try_from(m.text.len()).unwrap_or(u32::MAX).to_be_bytes());
     v.extend_from_slice(m.text.as_bytes());
     v
 }
@@ -356,10 +343,7 @@ mod tests {
     fn every_truncation_and_extension_is_refused() {
         let bytes = encode_record(&sample());
         for n in 0..bytes.len() {
-            assert!(
-                decode_record(&bytes[..n]).is_err(),
-                "prefix of {n} bytes accepted"
-            );
+            assert!(decode_record(&bytes[..n]).is_err(), "prefix of {n} bytes accepted");
         }
         let mut longer = bytes.clone();
         longer.push(0);
@@ -407,10 +391,7 @@ mod tests {
             assert_eq!(&decode_conv_key(&conv_key(c)).unwrap(), c);
             for d in &convs {
                 if c != d {
-                    assert!(
-                        !conv_key(d).starts_with(&conv_key(c)),
-                        "{c:?} prefixes {d:?}"
-                    );
+                    assert!(!conv_key(d).starts_with(&conv_key(c)), "{c:?} prefixes {d:?}");
                 }
             }
         }

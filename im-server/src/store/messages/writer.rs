@@ -18,10 +18,7 @@ use im_proto::limits::MAX_ID;
 use tokio::sync::{mpsc, oneshot};
 
 use super::record::{self, DAY_MS};
-use super::{
-    Appended, Clock, Conversation, Keyspaces, NewMessage, Shared, StoreError, StoredMessage,
-    engine_error,
-};
+use super::{Appended, Clock, Conversation, Keyspaces, NewMessage, Shared, StoreError, StoredMessage, engine_error};
 
 /// Most requests in one commit: bounds the batch's memory and the latency of its first
 /// sender. At 100-byte messages that is well under a megabyte of journal per fsync.
@@ -183,9 +180,7 @@ impl Writer {
             .iter()
             .filter(|o| matches!(o, Ok(Appended::Duplicate(_))))
             .count();
-        self.shared
-            .duplicates
-            .fetch_add(dups as u64, Ordering::Relaxed);
+        self.shared.duplicates.fetch_add(dups as u64, Ordering::Relaxed);
         Self::reply(batch, outcomes);
     }
 
@@ -201,22 +196,10 @@ impl Writer {
     fn stage(&self, wb: &mut OwnedWriteBatch, m: &StoredMessage) {
         let conv = Conversation::of(&m.from, &m.to);
         let ck = record::conv_key(&conv);
-        wb.insert(
-            &self.ks.msgs,
-            record::msg_key(&ck, m.id),
-            record::encode_record(m),
-        );
-        wb.insert(
-            &self.ks.ids,
-            m.id.to_be_bytes(),
-            record::encode_id_entry(m.ts, &ck),
-        );
+        wb.insert(&self.ks.msgs, record::msg_key(&ck, m.id), record::encode_record(m));
+        wb.insert(&self.ks.ids, m.id.to_be_bytes(), record::encode_id_entry(m.ts, &ck));
         if let Target::User(to) = &m.to {
-            wb.insert(
-                &self.ks.inbox,
-                record::inbox_key(&m.from, m.id),
-                to.as_str(),
-            );
+            wb.insert(&self.ks.inbox, record::inbox_key(&m.from, m.id), to.as_str());
             if *to != m.from {
                 wb.insert(&self.ks.inbox, record::inbox_key(to, m.id), m.from.as_str());
             }
@@ -229,20 +212,11 @@ impl Writer {
 
     /// The stored original of a retransmission, if (from, client_id) was stored less than
     /// [`DEDUP_WINDOW_MS`] before `now`. Looks in today's and yesterday's buckets.
-    fn find_duplicate(
-        &self,
-        msg: &NewMessage,
-        now: u64,
-    ) -> Result<Option<StoredMessage>, StoreError> {
+    fn find_duplicate(&self, msg: &NewMessage, now: u64) -> Result<Option<StoredMessage>, StoreError> {
         let today = record::day_of(now);
         for day in [today, today.saturating_sub(1)] {
             let key = record::dedup_key(day, &msg.from, &msg.client_id);
-            let Some(v) = self
-                .ks
-                .dedup
-                .get(&key)
-                .map_err(|e| engine_error(&self.path, e))?
-            else {
+            let Some(v) = self.ks.dedup.get(&key).map_err(|e| engine_error(&self.path, e))? else {
                 continue;
             };
             let (id, ts) = record::decode_pair(&v).map_err(|d| self.corrupt("dedup", d))?;
@@ -269,10 +243,7 @@ mod tests {
     use super::*;
     use crate::store::messages::MessageLog;
 
-    fn req(
-        from: &str,
-        client_id: &str,
-    ) -> (Request, oneshot::Receiver<Result<Appended, StoreError>>) {
+    fn req(from: &str, client_id: &str) -> (Request, oneshot::Receiver<Result<Appended, StoreError>>) {
         let (reply, answer) = oneshot::channel();
         let msg = NewMessage {
             from: im_proto::UserName::parse(from).unwrap(),
@@ -304,17 +275,13 @@ mod tests {
             last_ts: 5_000, // the clock is behind: timestamps must not go backwards
             sink: Some(sink),
         };
-        let (reqs, mut answers): (Vec<_>, Vec<_>) =
-            [req("a", "x"), req("a", "x"), req("b", "x"), req("a", "")]
-                .into_iter()
-                .unzip();
+        let (reqs, mut answers): (Vec<_>, Vec<_>) = [req("a", "x"), req("a", "x"), req("b", "x"), req("a", "")]
+            .into_iter()
+            .unzip();
         let mut batch = reqs;
         w.commit(&mut batch);
         assert!(batch.is_empty());
-        let got: Vec<Appended> = answers
-            .iter_mut()
-            .map(|a| a.try_recv().unwrap().unwrap())
-            .collect();
+        let got: Vec<Appended> = answers.iter_mut().map(|a| a.try_recv().unwrap().unwrap()).collect();
         assert!(matches!(&got[0], Appended::New(m) if m.id == 1 && m.ts == 5_000));
         assert_eq!(got[1], Appended::Duplicate(got[0].message().clone()));
         assert!(matches!(&got[2], Appended::New(m) if m.id == 2));
