@@ -115,7 +115,10 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, max_connections: us
     }
 }
 
-/// Periodic chores: forget idle rate-limit keys, purge expired tickets.
+/// Messages deleted per retention batch: small, so no batch holds the writer for long.
+const RETENTION_BATCH: usize = 500;
+
+/// Periodic chores: forget idle rate-limit keys, purge expired tickets, apply retention.
 async fn housekeeping(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
@@ -125,5 +128,34 @@ async fn housekeeping(shared: Arc<Shared>) {
         if let Err(e) = shared.db(move |a| a.purge_expired_tickets(now)).await {
             tracing::warn!(error = %e, "purging expired tickets failed");
         }
+        if let Some(days) = shared.config.retention_days {
+            retention(&shared, now.saturating_sub(u64::from(days) * 86_400_000)).await;
+        }
     }
+}
+
+/// Deletes messages older than `cutoff_ms` in small batches, yielding between them.
+pub async fn retention(shared: &Shared, cutoff_ms: u64) -> usize {
+    let mut total = 0;
+    loop {
+        let log = shared.log.clone();
+        match tokio::task::spawn_blocking(move || log.delete_older_than(cutoff_ms, RETENTION_BATCH)).await {
+            Ok(Ok(n)) => {
+                total += n;
+                if n < RETENTION_BATCH {
+                    break;
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "retention failed");
+                break;
+            }
+            Err(_) => break,
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if total > 0 {
+        tracing::info!(deleted = total, "retention: deleted old messages");
+    }
+    total
 }

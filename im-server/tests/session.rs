@@ -280,3 +280,24 @@ async fn a_retried_send_is_stored_once_and_shutdown_sends_close() {
     let close = a.recv().await.unwrap_err();
     assert_eq!(close.code, ErrorCode::ShuttingDown);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_old_messages_and_keeps_new_ones() {
+    let f = fixture(Config::default());
+    let mut a = f.register("alice").await;
+    f.register("bob").await;
+    a.dm(1, "bob", "old one").await;
+    a.dm(2, "bob", "old two").await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let cutoff = im_server::state::now_ms();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    a.dm(3, "bob", "new").await;
+    assert_eq!(im_server::server::retention(&f.shared, cutoff).await, 2);
+    a.send(&ClientMsg::History { req: RequestId(9), with: Target::User(user("bob")), before: None, after: None, limit: 50 }).await;
+    loop {
+        if let ServerMsg::HistoryPage { messages, .. } = a.recv().await.unwrap() {
+            assert_eq!(messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["new"]);
+            break;
+        }
+    }
+}
