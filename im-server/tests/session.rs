@@ -293,7 +293,14 @@ async fn retention_deletes_old_messages_and_keeps_new_ones() {
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     a.dm(3, "bob", "new").await;
     assert_eq!(im_server::server::retention(&f.shared, cutoff).await, 2);
-    a.send(&ClientMsg::History { req: RequestId(9), with: Target::User(user("bob")), before: None, after: None, limit: 50 }).await;
+    a.send(&ClientMsg::History {
+        req: RequestId(9),
+        with: Target::User(user("bob")),
+        before: None,
+        after: None,
+        limit: 50,
+    })
+    .await;
     loop {
         if let ServerMsg::HistoryPage { messages, .. } = a.recv().await.unwrap() {
             assert_eq!(messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["new"]);
