@@ -42,8 +42,8 @@ use crate::store::messages::{Appended, NewMessage, StoredMessage};
 const COALESCE: usize = 256;
 /// Direct messages remembered per connection for delivery receipts.
 const RECEIPT_WINDOW: usize = 4096;
-/// Client ids remembered per connection to suppress echoes of its own sends.
-const RECENT_SENDS: usize = 256;
+/// An active connection saves its cursor at most this often (and always when it ends).
+const CURSOR_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// Room left in a record for the reply's own fields when a page of messages is cut to fit.
 const PAGE_SLACK: usize = 256;
 
@@ -498,8 +498,7 @@ struct Live {
     unacked: VecDeque<(u64, UserName)>,
     acked: u64,
     persisted: u64,
-    /// Client ids this connection sent recently, so the echo of its own send is skipped.
-    recent_sends: VecDeque<String>,
+    persisted_at: Instant,
     last_rx: Instant,
     ping_out: Option<u64>,
     /// Set by `Logout`: the session closes once the `Ok` is written.
@@ -516,7 +515,7 @@ impl Live {
             unacked: VecDeque::new(),
             acked: 0,
             persisted: 0,
-            recent_sends: VecDeque::new(),
+            persisted_at: Instant::now(),
             last_rx: Instant::now(),
             ping_out: None,
             logged_out: false,
@@ -583,6 +582,9 @@ impl Live {
                 if m.from == self.id.user && m.sender_device == device {
                     continue; // this device sent it
                 }
+                if crate::social::hidden(&self.shared, &self.id, m) {
+                    continue; // a room message from a user this one blocks
+                }
                 self.track(m.id, &m.from, &m.to);
                 queue(t, session, &ServerMsg::Message(chat_message(m)))?;
             }
@@ -621,8 +623,7 @@ impl Live {
         let mut n = 0;
         while let Some(push) = next {
             if let ServerMsg::Message(m) = &*push {
-                let own_echo = m.from == self.id.user && self.recent_sends.contains(&m.client_id);
-                if m.id.0 <= self.caught_up || own_echo {
+                if m.id.0 <= self.caught_up {
                     next = inbox.rx.try_recv().ok();
                     continue;
                 }
@@ -673,7 +674,10 @@ impl Live {
         if self.acked > self.persisted {
             let (uid, device, up_to) = (self.id.uid, self.id.device.get(), self.acked);
             match self.shared.db(move |a| a.advance_cursor(uid, device, up_to)).await {
-                Ok(_) => self.persisted = up_to,
+                Ok(_) => {
+                    self.persisted = up_to;
+                    self.persisted_at = Instant::now();
+                }
                 Err(e) => tracing::warn!(error = %e, "cursor not saved; messages will be delivered again"),
             }
         }
@@ -697,6 +701,9 @@ impl Live {
             } => return Ok(self.send(req, to, client_id, action, text).await),
             ClientMsg::Ack { up_to } => {
                 self.ack(up_to);
+                if self.persisted_at.elapsed() >= CURSOR_SAVE_INTERVAL {
+                    self.persist_cursor().await;
+                }
                 return Ok(None);
             }
             ClientMsg::Typing { to } => {
@@ -711,9 +718,11 @@ impl Live {
                 limit,
             } => self.history(req, with, before, after, limit).await,
             ClientMsg::RequestTicket { req } => {
+                // For this connection only, and after any replies still pending, then `Ok`.
                 let ticket = issue(&self.shared, &self.id).await?;
-                self.shared.router.push_to_user(&self.id.user, &Arc::new(ticket), None);
-                ServerMsg::Ok { req }
+                self.pending.push_back(Box::pin(std::future::ready(ticket)));
+                self.pending.push_back(Box::pin(std::future::ready(ServerMsg::Ok { req })));
+                return Ok(None);
             }
             ClientMsg::Logout { req } => {
                 let (uid, device) = (self.id.uid, self.id.device.get());
@@ -811,10 +820,6 @@ impl Live {
         if let Err(refusal) = crate::social::may_send(&self.shared, &self.id, &to).await {
             return Some(refusal.reply(req));
         }
-        if self.recent_sends.len() >= RECENT_SENDS {
-            self.recent_sends.pop_front();
-        }
-        self.recent_sends.push_back(client_id.clone());
         let msg = NewMessage {
             from: self.id.user.clone(),
             to,
@@ -857,13 +862,16 @@ impl Live {
             (Some(a), v) => Some(MessageId(a.0.max(v))),
             (None, v) => Some(MessageId(v)),
         };
+        // Paging backwards stays backwards when `after` was raised to the join point.
+        let before = if forward { before.map(|b| b.0) } else { Some(before.map_or(u64::MAX, |b| b.0)) };
         let log = self.shared.log.clone();
         let limit = usize::from(limit).min(MAX_PAGE);
-        let page =
-            tokio::task::spawn_blocking(move || log.history(&conv, before.map(|b| b.0), after.map(|a| a.0), limit))
-                .await;
+        let page = tokio::task::spawn_blocking(move || log.history(&conv, before, after.map(|a| a.0), limit)).await;
         match page {
-            Ok(Ok((messages, more))) => history_page(req, messages, more, forward),
+            Ok(Ok((mut messages, more))) => {
+                messages.retain(|m| !crate::social::hidden(&self.shared, &self.id, m));
+                history_page(req, messages, more, forward)
+            }
             Ok(Err(e)) => internal(req, e),
             Err(e) => internal(req, e),
         }
