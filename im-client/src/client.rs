@@ -491,7 +491,9 @@ async fn establish(
             .as_deref()
             .ok_or_else(|| Error::Protocol("full handshake without a host key".into()))?;
         let fp = fingerprint(host_key);
-        opts.host_keys.verify(&opts.server, &fp).await?;
+        opts.host_keys
+            .verify_key(&opts.server, host_key, est.endorsement.as_ref())
+            .await?;
         if offered {
             tracing::debug!("the server did not resume the ticket; deleting it");
             opts.home.delete_ticket(&opts.server, &opts.user)?;

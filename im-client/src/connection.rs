@@ -26,6 +26,8 @@ pub struct Established {
     /// The host key (SubjectPublicKeyInfo DER) that signed a full handshake. Check it
     /// against the pin before sending anything secret.
     pub host_key: Option<Vec<u8>>,
+    /// The host key's endorsement by its predecessor during a rotation (not yet verified).
+    pub endorsement: Option<im_proto::handshake::Endorsement>,
     /// This connection's exporter value, which a user key signs to log in.
     pub exporter: Zeroizing<[u8; 32]>,
 }
@@ -87,6 +89,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let info = Established {
             resumed: est.resumed,
             host_key: est.host_key,
+            endorsement: est.endorsement,
             exporter: est.exporter,
         };
         Ok((

@@ -26,6 +26,7 @@
 //!   expected fingerprint; a changed key is always refused).
 //! - [`home`]: the client's folder: config, known_hosts, user key, device id, tickets.
 //! - [`server_addr`]: `HOST[:PORT]` as typed, the key of pins and tickets.
+//! - [`password`]: the password from `IM_PASSWORD` or a file, and the checks of a new one.
 //! - [`error`]: the one error type, each variant with an exit code and a machine name.
 //! - [`exit_code`]: the command's exit codes, documented in one place.
 //!
@@ -37,6 +38,7 @@ pub mod error;
 pub mod exit_code;
 pub mod home;
 pub mod known_hosts;
+pub mod password;
 pub mod server_addr;
 
 pub use client::{

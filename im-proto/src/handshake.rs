@@ -25,7 +25,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::{hmac_sha256, hmac_sha256_verify, sha256};
 use crate::frame::{Frame, FrameType, write_frame};
-use crate::hostkey::{RsaSigner, check_public_key, verify_rsa_pss};
+use crate::hostkey::{KeyError, RsaSigner, check_public_key, verify_rsa_pss};
 use crate::keys::HandshakeSecrets;
 use crate::limits::{MAX_PUBLIC_KEY_DER, MAX_REASON, MAX_SIGNATURE, TICKET_ID_LEN};
 use crate::record::{Opener, RecordError, RekeyPolicy, Sealer};
@@ -41,6 +41,8 @@ pub const SUITES: &[u16] = &[SUITE_1];
 pub const MAX_OFFERS: usize = 16;
 /// Context of the host key's signature, so it can never be confused with another use.
 pub const SERVER_AUTH_CONTEXT: &[u8] = b"im1 server auth\0";
+/// Context of a retiring host key's endorsement of its successor (§4.3).
+pub const ROTATION_CONTEXT: &[u8] = b"im1 key rotation\0";
 
 pub type TicketId = [u8; TICKET_ID_LEN];
 
@@ -210,21 +212,116 @@ impl ServerHello {
 pub struct ServerAuth {
     pub host_key: Vec<u8>,
     pub signature: Vec<u8>,
+    /// Present while a host-key rotation's grace period lasts: the previous key vouches for
+    /// this one.
+    pub endorsement: Option<Endorsement>,
 }
 
 impl ServerAuth {
     pub fn encode(&self, out: &mut Vec<u8>) {
-        Writer::new(out).blob(&self.host_key).blob(&self.signature);
+        let mut w = Writer::new(out);
+        w.blob(&self.host_key).blob(&self.signature);
+        match &self.endorsement {
+            None => w.u8(0),
+            Some(e) => w.u8(1).blob(&e.old_key).u64(e.not_after_ms).blob(&e.signature),
+        };
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader::new(b);
-        let auth = ServerAuth {
-            host_key: r.blob("host key", MAX_PUBLIC_KEY_DER)?.to_vec(),
-            signature: r.blob("signature", MAX_SIGNATURE)?.to_vec(),
+        let host_key = r.blob("host key", MAX_PUBLIC_KEY_DER)?.to_vec();
+        let signature = r.blob("signature", MAX_SIGNATURE)?.to_vec();
+        let endorsement = if r.bool("has endorsement")? {
+            Some(Endorsement::read(&mut r)?)
+        } else {
+            None
         };
         r.finish()?;
-        Ok(auth)
+        Ok(ServerAuth {
+            host_key,
+            signature,
+            endorsement,
+        })
+    }
+}
+
+/// A host-key rotation's endorsement (§4.3): the retiring key signs its successor's
+/// SubjectPublicKeyInfo and the end of the grace period, so that a client that pinned the old
+/// key can pin the new one without asking anybody.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Endorsement {
+    /// The retiring key's SubjectPublicKeyInfo DER.
+    pub old_key: Vec<u8>,
+    /// Milliseconds since the Unix epoch after which the endorsement is void.
+    pub not_after_ms: u64,
+    /// RSA-PSS-SHA256 by the old key over [`endorsement_message`].
+    pub signature: Vec<u8>,
+}
+
+impl std::fmt::Debug for Endorsement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endorsement")
+            .field("old_key", &crate::crypto::fingerprint(&self.old_key))
+            .field("not_after_ms", &self.not_after_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a retiring key signs: the context, the hash of the new key's SubjectPublicKeyInfo
+/// DER, and the end of the grace period (u64, big-endian milliseconds).
+pub fn endorsement_message(new_key: &[u8], not_after_ms: u64) -> Vec<u8> {
+    let mut m = ROTATION_CONTEXT.to_vec();
+    m.extend_from_slice(&sha256(&[new_key]));
+    m.extend_from_slice(&not_after_ms.to_be_bytes());
+    m
+}
+
+impl Endorsement {
+    /// `old` vouches for `new_key` (SubjectPublicKeyInfo DER) until `not_after_ms`.
+    pub fn sign(
+        old: &RsaSigner,
+        new_key: &[u8],
+        not_after_ms: u64,
+        rng: &mut (impl rand::CryptoRng + ?Sized),
+    ) -> Endorsement {
+        Endorsement {
+            old_key: old.public_der().to_vec(),
+            not_after_ms,
+            signature: old.sign(rng, &endorsement_message(new_key, not_after_ms)),
+        }
+    }
+
+    /// Checks that the old key signed `new_key` with this grace period. Whether the old key
+    /// is trusted and the period has not ended is the caller's decision.
+    pub fn verify(&self, new_key: &[u8]) -> Result<(), KeyError> {
+        verify_rsa_pss(
+            &self.old_key,
+            &endorsement_message(new_key, self.not_after_ms),
+            &self.signature,
+        )
+    }
+
+    /// The fields alone, as in ServerAuth after the presence byte (also the server's file).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        Writer::new(out)
+            .blob(&self.old_key)
+            .u64(self.not_after_ms)
+            .blob(&self.signature);
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(b);
+        let e = Endorsement::read(&mut r)?;
+        r.finish()?;
+        Ok(e)
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        Ok(Endorsement {
+            old_key: r.blob("endorsing key", MAX_PUBLIC_KEY_DER)?.to_vec(),
+            not_after_ms: r.u64("not after")?,
+            signature: r.blob("endorsement signature", MAX_SIGNATURE)?.to_vec(),
+        })
     }
 }
 
@@ -320,6 +417,9 @@ pub struct ClientEstablished {
     /// resumed (the ticket authenticated the server). Check it against the pin *before*
     /// sending a password.
     pub host_key: Option<Vec<u8>>,
+    /// The host key's endorsement by its predecessor, if the server sent one; not yet
+    /// verified (that, and whether the predecessor is the pinned key, is the client's call).
+    pub endorsement: Option<Endorsement>,
     pub resumed: bool,
     pub exporter: Zeroizing<[u8; 32]>,
 }
@@ -334,6 +434,7 @@ enum ClientState {
         secrets: HandshakeSecrets,
         th: [u8; 32],
         host_key: Option<Vec<u8>>,
+        endorsement: Option<Endorsement>,
         resumed: bool,
         seq: u32,
     },
@@ -416,6 +517,7 @@ impl ClientHandshake {
                         secrets,
                         th,
                         host_key: None,
+                        endorsement: None,
                         resumed: true,
                         seq: 1,
                     };
@@ -438,6 +540,7 @@ impl ClientHandshake {
                     secrets,
                     th,
                     host_key: Some(auth.host_key),
+                    endorsement: auth.endorsement,
                     resumed: false,
                     seq: 2,
                 };
@@ -447,6 +550,7 @@ impl ClientHandshake {
                 secrets,
                 th,
                 host_key,
+                endorsement,
                 resumed,
                 seq,
             } => {
@@ -472,6 +576,7 @@ impl ClientHandshake {
                     session: Session::new(sealer, opener),
                     finished,
                     host_key,
+                    endorsement,
                     resumed,
                     exporter: secrets.exporter,
                 }))
@@ -574,9 +679,21 @@ impl ClientHelloReceived {
     /// A full handshake: signs the transcript with the host key (about 2 ms of CPU for
     /// RSA-3072: keep it off the reactor). Returns the frames to send.
     pub fn full(
+        self,
+        inputs: ServerInputs,
+        host_key: &RsaSigner,
+        rng: &mut (impl rand::CryptoRng + ?Sized),
+    ) -> (ExpectClientFinished, Vec<u8>) {
+        self.full_endorsed(inputs, host_key, None, rng)
+    }
+
+    /// [`full`](Self::full), with the host key's endorsement by its predecessor while a
+    /// rotation's grace period lasts (the caller checks the period; im-proto has no clock).
+    pub fn full_endorsed(
         mut self,
         inputs: ServerInputs,
         host_key: &RsaSigner,
+        endorsement: Option<&Endorsement>,
         rng: &mut (impl rand::CryptoRng + ?Sized),
     ) -> (ExpectClientFinished, Vec<u8>) {
         let secret = StaticSecret::from(*inputs.ephemeral);
@@ -585,6 +702,7 @@ impl ClientHelloReceived {
         let auth = ServerAuth {
             host_key: host_key.public_der().to_vec(),
             signature,
+            endorsement: endorsement.cloned(),
         };
         let sa_frame = plaintext_frame(FrameType::ServerAuth, 1, |b| auth.encode(b));
         self.transcript.add(&out);

@@ -117,8 +117,9 @@ fn host_key_swapped_under_a_valid_signature_is_refused() {
 #[test]
 fn bad_signature_is_refused() {
     let err = client_against(|fs| {
+        // The signature's last byte: the one before the (absent) endorsement's presence byte.
         let n = fs[1].payload.len();
-        fs[1].payload[n - 1] ^= 1;
+        fs[1].payload[n - 2] ^= 1;
     });
     assert_eq!(err, Err(HandshakeError::BadSignature));
 }
@@ -248,4 +249,92 @@ fn clean_close_and_nothing_after_it() {
     wire.extend_from_slice(&more);
     let err = read_all(&mut fork.server.session, &wire).unwrap_err();
     assert!(err.contains("after the peer's Close"), "{err}");
+}
+
+/// The rotation scenario: `host_key()` retires, `other_host_key()` takes over.
+fn rotation(not_after_ms: u64) -> im_proto::handshake::Endorsement {
+    im_proto::handshake::Endorsement::sign(host_key(), other_host_key().public_der(), not_after_ms, &mut rng())
+}
+
+#[test]
+fn an_endorsement_round_trips_and_verifies_only_for_its_key_and_period() {
+    use im_proto::handshake::{Endorsement, ServerAuth};
+    let e = rotation(1_700_000_000_000);
+    assert_eq!(e.old_key, host_key().public_der());
+    e.verify(other_host_key().public_der()).unwrap();
+    // Another new key, another grace period, another signer: refused.
+    assert!(e.verify(host_key().public_der()).is_err());
+    let longer = Endorsement {
+        not_after_ms: e.not_after_ms + 1,
+        ..e.clone()
+    };
+    assert!(longer.verify(other_host_key().public_der()).is_err());
+    let forged = Endorsement {
+        old_key: other_host_key().public_der().to_vec(),
+        ..e.clone()
+    };
+    assert!(forged.verify(other_host_key().public_der()).is_err());
+
+    let mut bytes = Vec::new();
+    e.encode(&mut bytes);
+    assert_eq!(Endorsement::decode(&bytes).unwrap(), e);
+    for cut in 0..bytes.len() {
+        assert!(Endorsement::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+    }
+    let mut longer_bytes = bytes.clone();
+    longer_bytes.push(0);
+    assert!(Endorsement::decode(&longer_bytes).is_err());
+
+    // Inside ServerAuth: a presence byte, then the same fields; absent is one zero byte.
+    for endorsement in [None, Some(e)] {
+        let auth = ServerAuth {
+            host_key: other_host_key().public_der().to_vec(),
+            signature: vec![1; 384],
+            endorsement,
+        };
+        let mut wire = Vec::new();
+        auth.encode(&mut wire);
+        assert_eq!(ServerAuth::decode(&wire).unwrap(), auth);
+        for cut in 0..wire.len() {
+            assert!(ServerAuth::decode(&wire[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+    let mut bad_presence = Vec::new();
+    ServerAuth {
+        host_key: vec![1],
+        signature: vec![2],
+        endorsement: None,
+    }
+    .encode(&mut bad_presence);
+    *bad_presence.last_mut().unwrap() = 2;
+    assert!(ServerAuth::decode(&bad_presence).is_err());
+}
+
+#[test]
+fn the_endorsement_reaches_the_client_under_the_transcript() {
+    let e = rotation(u64::MAX);
+    let run = |endorsement: Option<&im_proto::handshake::Endorsement>, tamper: bool| {
+        let (r, eph) = client_inputs(1);
+        let (mut client, ch) = ClientHandshake::with_inputs(r, eph, None, policy());
+        let received = ServerHandshake::read_client_hello(frames(&ch).remove(0)).unwrap();
+        let (_, s2c) = received.full_endorsed(server_inputs(1, policy()), other_host_key(), endorsement, &mut rng());
+        let mut fs = frames(&s2c);
+        if tamper {
+            // Stripping or editing the endorsement in flight breaks the Finished MAC.
+            let n = fs[1].payload.len();
+            fs[1].payload[n - 1] ^= 1;
+        }
+        let mut est = Ok(None);
+        for f in fs {
+            est = client.handle(f);
+            if est.is_err() {
+                break;
+            }
+        }
+        est
+    };
+    let est = run(Some(&e), false).unwrap().unwrap();
+    assert_eq!(est.endorsement.as_ref(), Some(&e));
+    assert!(run(None, false).unwrap().unwrap().endorsement.is_none());
+    assert!(run(Some(&e), true).is_err());
 }

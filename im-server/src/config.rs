@@ -25,7 +25,33 @@ pub struct Config {
     pub registration: Registration,
     /// Delete messages older than this many days; unset keeps everything.
     pub retention_days: Option<u32>,
+    /// Serve Prometheus metrics over HTTP here; unset (the default) serves none. A bare port
+    /// (`9747` or `"9747"`) means that port on 127.0.0.1.
+    #[serde(deserialize_with = "metrics_listen")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub limits: Limits,
+}
+
+/// `"ADDR:PORT"`, or a bare port on the loopback address.
+fn metrics_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Listen {
+        Port(u16),
+        Text(String),
+    }
+    let loopback = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    match Listen::deserialize(d)? {
+        Listen::Port(p) => Ok(Some(loopback(p))),
+        Listen::Text(t) => match t.parse::<u16>() {
+            Ok(p) => Ok(Some(loopback(p))),
+            Err(_) => t.parse().map(Some).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "metrics_listen = {t:?} is not an address like \"127.0.0.1:9747\" or a port"
+                ))
+            }),
+        },
+    }
 }
 
 impl Default for Config {
@@ -34,6 +60,7 @@ impl Default for Config {
             listen: None,
             registration: Registration::Open,
             retention_days: None,
+            metrics_listen: None,
             limits: Limits::default(),
         }
     }
@@ -145,5 +172,19 @@ mod tests {
         assert_eq!(c.limits.outbound_queue, 8);
         assert_eq!(c.limits.login_timeout_secs, 15);
         assert!(toml::from_str::<Config>("no_such_setting = 1").is_err());
+        assert_eq!(c.metrics_listen, None);
+    }
+
+    #[test]
+    fn metrics_listen_takes_an_address_or_a_loopback_port() {
+        let at = |text: &str| toml::from_str::<Config>(text).map(|c| c.metrics_listen.map(|a| a.to_string()));
+        assert_eq!(
+            at("metrics_listen = \"0.0.0.0:9747\"").unwrap().unwrap(),
+            "0.0.0.0:9747"
+        );
+        assert_eq!(at("metrics_listen = \"[::1]:9747\"").unwrap().unwrap(), "[::1]:9747");
+        assert_eq!(at("metrics_listen = 9747").unwrap().unwrap(), "127.0.0.1:9747");
+        assert_eq!(at("metrics_listen = \"9747\"").unwrap().unwrap(), "127.0.0.1:9747");
+        assert!(at("metrics_listen = \"localhost\"").is_err());
     }
 }

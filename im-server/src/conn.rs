@@ -178,6 +178,7 @@ pub async fn handshake<S: ByteStream>(
     shared: &Arc<Shared>,
     ip: IpAddr,
 ) -> Result<Established, ConnError> {
+    let mut outcome = crate::metrics::HandshakeOutcome::default();
     let mut decoder = FrameDecoder::new();
     let frame = t.frame(&mut decoder).await?;
     if let Err(wait) = shared.limits.handshakes_per_ip.check(&ip) {
@@ -207,17 +208,25 @@ pub async fn handshake<S: ByteStream>(
     }
     let inputs = ServerInputs::random(&mut rand::rng());
     let (expect, out) = match &ticket {
-        Some(tk) => hello.resume(inputs, &tk.secret),
+        Some(tk) => {
+            outcome.resumed();
+            hello.resume(inputs, &tk.secret)
+        }
         None => {
             let key = shared.host_key.clone();
-            tokio::task::spawn_blocking(move || hello.full(inputs, &key, &mut rand::rng()))
-                .await
-                .map_err(|_| ConnError::Refused("signing worker failed"))?
+            // A rotation's endorsement goes out until its grace period ends (PROTOCOL.md §4.3).
+            let endorsement = shared.endorsement.clone().filter(|e| now_ms() < e.not_after_ms);
+            tokio::task::spawn_blocking(move || {
+                hello.full_endorsed(inputs, &key, endorsement.as_deref(), &mut rand::rng())
+            })
+            .await
+            .map_err(|_| ConnError::Refused("signing worker failed"))?
         }
     };
     t.write_raw(&out).await?;
     let fin = t.frame(&mut decoder).await?;
     let ServerEstablished { session, exporter, .. } = expect.read_finished(fin)?;
+    outcome.ok();
     Ok(Established {
         session,
         exporter,

@@ -4,10 +4,13 @@
 //!
 //! ```text
 //! <data-dir>/
-//!   host_key.pem     RSA-3072 host key, PKCS#8 PEM, 0600
-//!   accounts.db      SQLite (WAL): users, devices, tickets, rooms, contacts, blocks
-//!   messages/        the message log (fjall)
-//!   config.toml      optional
+//!   host_key.pem          RSA-3072 host key, PKCS#8 PEM, 0600
+//!   accounts.db           SQLite (WAL): users, devices, tickets, rooms, contacts, blocks
+//!   messages/             the message log (fjall)
+//!   config.toml           optional
+//!   host_key.endorsement  after `rotate-host-key`: the old key's endorsement of the current one
+//!   host_key.old.pem      after `rotate-host-key`: the retired key, 0600, no longer used
+//!   control.sock          while running: the local control socket (0600)
 //! ```
 
 use std::fs::{self, OpenOptions};
@@ -15,6 +18,7 @@ use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use im_proto::handshake::Endorsement;
 use im_proto::hostkey::{HOST_KEY_BITS, RsaSigner};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +33,12 @@ pub enum DataDirError {
     BadHostKey { path: PathBuf, detail: String },
     #[error("no data directory given and the platform has no default one; use --data-dir")]
     NoDefault,
+    #[error("{path}: {detail}")]
+    BadEndorsement { path: PathBuf, detail: String },
+    #[error(
+        "the last rotation's grace period lasts until {until}: rotating again now would strand clients that have not reconnected since (they trust only the key before); wait, or use --force"
+    )]
+    RotationInProgress { until: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
@@ -102,6 +112,85 @@ impl DataDir {
         self.root.join("config.toml")
     }
 
+    pub fn endorsement_path(&self) -> PathBuf {
+        self.root.join("host_key.endorsement")
+    }
+
+    pub fn old_host_key_path(&self) -> PathBuf {
+        self.root.join("host_key.old.pem")
+    }
+
+    pub fn control_socket_path(&self) -> PathBuf {
+        self.root.join("control.sock")
+    }
+
+    /// The endorsement of `current` left by [`rotate_host_key`](Self::rotate_host_key), if
+    /// there is one and it is for this key. One for another key (a key restored from an
+    /// older backup, say) is ignored with a warning: clients would refuse it anyway.
+    pub fn endorsement(&self, current: &RsaSigner) -> Result<Option<Endorsement>, DataDirError> {
+        let path = self.endorsement_path();
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let e = Endorsement::decode(&bytes).map_err(|e| DataDirError::BadEndorsement {
+            path: path.clone(),
+            detail: format!("damaged ({e}); remove it to stop endorsing the host key"),
+        })?;
+        if e.verify(current.public_der()).is_err() {
+            tracing::warn!(path = %path.display(), "the endorsement is not for the current host key; ignoring it");
+            return Ok(None);
+        }
+        Ok(Some(e))
+    }
+
+    /// Replaces the host key with a new RSA-3072 key that the current key endorses until
+    /// `not_after_ms` (PROTOCOL.md §4.3). The current key becomes `host_key.old.pem`. Refuses
+    /// while an earlier rotation's grace period lasts, unless `force`: clients follow one
+    /// rotation at a time. The running server keeps its key until it restarts.
+    pub fn rotate_host_key(&self, now_ms: u64, not_after_ms: u64, force: bool) -> Result<Rotation, DataDirError> {
+        let old = self.existing_host_key()?;
+        if let Some(e) = self.endorsement(&old)?
+            && now_ms < e.not_after_ms
+            && !force
+        {
+            return Err(DataDirError::RotationInProgress {
+                until: crate::state::format_ms(e.not_after_ms),
+            });
+        }
+        tracing::info!("generating a new RSA-{HOST_KEY_BITS} host key");
+        let bad = |detail: String| DataDirError::BadHostKey {
+            path: self.host_key_path(),
+            detail,
+        };
+        let new = RsaSigner::generate(&mut rand::rng(), HOST_KEY_BITS).map_err(|e| bad(e.to_string()))?;
+        let pem = new.to_pkcs8_pem().map_err(|e| bad(e.to_string()))?;
+        let endorsement = Endorsement::sign(&old, new.public_der(), not_after_ms, &mut rand::rng());
+        let mut bytes = Vec::new();
+        endorsement.encode(&mut bytes);
+        // Every step leaves a usable directory: until the last rename the old key is the host
+        // key (and the new endorsement, not being for it, is ignored).
+        let staged_key = self.root.join("host_key.new.pem");
+        let staged_endorsement = self.root.join("host_key.endorsement.new");
+        for p in [&staged_key, &staged_endorsement] {
+            remove_if_present(p)?;
+        }
+        write_private(&staged_key, pem.as_bytes())?;
+        write_private(&staged_endorsement, &bytes)?;
+        let old_path = self.old_host_key_path();
+        remove_if_present(&old_path)?;
+        fs::hard_link(self.host_key_path(), &old_path).map_err(io(&old_path))?;
+        fs::rename(&staged_endorsement, self.endorsement_path()).map_err(io(&staged_endorsement))?;
+        fs::rename(&staged_key, self.host_key_path()).map_err(io(&staged_key))?;
+        sync_dir(&self.root)?;
+        Ok(Rotation {
+            old: old.fingerprint(),
+            new: new.fingerprint(),
+            not_after_ms,
+        })
+    }
+
     /// Loads the host key, generating and saving a new RSA-3072 key on first start.
     pub fn host_key(&self) -> Result<RsaSigner, DataDirError> {
         let path = self.host_key_path();
@@ -145,6 +234,26 @@ impl DataDir {
     }
 }
 
+/// What [`DataDir::rotate_host_key`] did.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    pub old: String,
+    pub new: String,
+    pub not_after_ms: u64,
+}
+
+fn remove_if_present(path: &Path) -> Result<(), DataDirError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Makes the directory's entries (renames, new files) durable.
+pub fn sync_dir(path: &Path) -> Result<(), DataDirError> {
+    fs::File::open(path).and_then(|d| d.sync_all()).map_err(io(path))
+}
+
 /// Writes a new file readable by its owner only. `create_new`: a key is never overwritten.
 /// The file is written under a temporary name and renamed, so a crash never leaves a
 /// half-written key behind.
@@ -177,6 +286,46 @@ mod tests {
         let err = dir.host_key().unwrap_err().to_string();
         assert!(err.contains("host_key.pem"), "{err}");
         assert_eq!(fs::read_to_string(dir.host_key_path()).unwrap(), "not a key");
+    }
+
+    #[test]
+    fn rotation_endorses_the_new_key_keeps_the_old_and_waits_for_its_grace_period() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open_or_create(tmp.path()).unwrap();
+        assert!(dir.rotate_host_key(0, 10, false).is_err(), "no key to rotate yet");
+        let first = dir.host_key().unwrap();
+        assert!(dir.endorsement(&first).unwrap().is_none());
+        let r = dir.rotate_host_key(1_000, 5_000, false).unwrap();
+        let current = dir.existing_host_key().unwrap();
+        assert_eq!(
+            (r.old.as_str(), r.new.as_str()),
+            (first.fingerprint().as_str(), current.fingerprint().as_str())
+        );
+        assert_ne!(r.old, r.new);
+        let e = dir.endorsement(&current).unwrap().unwrap();
+        assert_eq!((e.old_key.as_slice(), e.not_after_ms), (first.public_der(), 5_000));
+        e.verify(current.public_der()).unwrap();
+        let old = fs::read_to_string(dir.old_host_key_path()).unwrap();
+        assert_eq!(
+            RsaSigner::from_pkcs8_pem(&old).unwrap().fingerprint(),
+            first.fingerprint()
+        );
+        for p in [dir.host_key_path(), dir.old_host_key_path(), dir.endorsement_path()] {
+            assert_eq!(
+                fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600,
+                "{}",
+                p.display()
+            );
+        }
+        // Not while the grace period lasts (unless forced), and an endorsement is only ever
+        // for the key it names.
+        let err = dir.rotate_host_key(4_999, 9_000, false).unwrap_err();
+        assert!(matches!(err, DataDirError::RotationInProgress { .. }), "{err}");
+        assert!(dir.endorsement(&first).unwrap().is_none());
+        let again = dir.rotate_host_key(5_000, 9_000, false).unwrap();
+        assert_eq!(again.old, current.fingerprint());
+        assert!(!tmp.path().join("host_key.new.pem").exists());
     }
 
     #[test]

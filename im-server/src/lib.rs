@@ -12,11 +12,17 @@
 //! - [`session`]: login, catch-up, and the request/push loop of one connection.
 //! - [`social`]: rooms, contacts, presence, typing and blocking.
 //! - [`server`]: the accept loop, connection limits and graceful shutdown.
+//! - [`metrics`]: Prometheus metrics (names, recording helpers, the `/metrics` responder).
+//! - [`control`]: the local control socket that `im-server status` and `backup` talk to.
+//! - [`backup`]: consistent backups of a running or stopped server, and restores.
 
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod conn;
+pub mod control;
 pub mod datadir;
+pub mod metrics;
 pub mod ratelimit;
 pub mod router;
 pub mod server;
@@ -60,6 +66,14 @@ impl Server {
     /// Opens (creating on first start) the data directory, host key and stores.
     pub fn open(dir: &DataDir, config: Config) -> Result<Server, StartError> {
         let host_key = dir.host_key()?;
+        let endorsement = dir.endorsement(&host_key)?;
+        if let Some(e) = &endorsement {
+            tracing::info!(
+                previous = %im_proto::crypto::fingerprint(&e.old_key),
+                until = %state::format_ms(e.not_after_ms),
+                "host key rotated: the previous key's endorsement is sent until the grace period ends"
+            );
+        }
         let accounts = Accounts::open(&dir.accounts_path())?;
         let (tx, committed) = mpsc::unbounded_channel();
         let log = MessageLog::open_with_sink(&dir.messages_path(), tx)?;
@@ -71,8 +85,10 @@ impl Server {
             log,
             router: Arc::new(router::LocalRouter::default()),
             host_key: Arc::new(host_key),
+            endorsement: endorsement.map(Arc::new),
             passwords,
             shutdown: CancellationToken::new(),
+            social: social::State::default(),
             started: Instant::now(),
         });
         Ok(Server { shared, committed })

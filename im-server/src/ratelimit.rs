@@ -18,20 +18,24 @@ use crate::config::Limits;
 /// One keyed limiter.
 pub struct Keyed<K: Hash + Eq + Clone> {
     limiter: DefaultKeyedRateLimiter<K>,
+    /// The config field that sets it: the `limit` label of its refusals in the metrics.
+    name: &'static str,
 }
 
 impl<K: Hash + Eq + Clone> Keyed<K> {
-    fn new(quota: Quota) -> Self {
+    fn new(name: &'static str, quota: Quota) -> Self {
         Keyed {
             limiter: DefaultKeyedRateLimiter::keyed(quota),
+            name,
         }
     }
 
     /// `Ok` if `key` may proceed now, else how long until it may.
     pub fn check(&self, key: &K) -> Result<(), Duration> {
-        self.limiter
-            .check_key(key)
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+        self.limiter.check_key(key).map_err(|not_until| {
+            crate::metrics::rate_limited(self.name);
+            not_until.wait_time_from(DefaultClock::default().now())
+        })
     }
 
     fn shrink(&self) {
@@ -65,10 +69,16 @@ pub struct RateLimits {
 impl RateLimits {
     pub fn new(l: &Limits) -> Self {
         RateLimits {
-            handshakes_per_ip: Keyed::new(per_second(l.handshakes_per_ip_per_sec, l.handshake_burst_per_ip)),
-            logins_per_ip: Keyed::new(per_minute(l.logins_per_ip_per_min)),
-            logins_per_account: Keyed::new(per_minute(l.logins_per_account_per_min)),
-            messages_per_user: Keyed::new(per_second(l.messages_per_user_per_sec, l.message_burst_per_user)),
+            handshakes_per_ip: Keyed::new(
+                "handshakes_per_ip_per_sec",
+                per_second(l.handshakes_per_ip_per_sec, l.handshake_burst_per_ip),
+            ),
+            logins_per_ip: Keyed::new("logins_per_ip_per_min", per_minute(l.logins_per_ip_per_min)),
+            logins_per_account: Keyed::new("logins_per_account_per_min", per_minute(l.logins_per_account_per_min)),
+            messages_per_user: Keyed::new(
+                "messages_per_user_per_sec",
+                per_second(l.messages_per_user_per_sec, l.message_burst_per_user),
+            ),
             unauthenticated: Arc::default(),
             unauthenticated_max: l.unauthenticated_per_ip,
         }
@@ -80,6 +90,7 @@ impl RateLimits {
         let mut map = self.unauthenticated.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(ip).or_insert(0);
         if *n >= self.unauthenticated_max {
+            crate::metrics::rate_limited("unauthenticated_per_ip");
             return None;
         }
         *n += 1;

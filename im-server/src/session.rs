@@ -94,6 +94,7 @@ pub struct Identity {
 /// Serves one connection from the first byte to the Close.
 pub async fn serve<S: ByteStream>(stream: S, ip: IpAddr, shared: Arc<Shared>, unauth: UnauthGuard) {
     let conn = next_conn_id();
+    let mut gauge = crate::metrics::ConnectionGauge::handshaking();
     let mut t = Transport::new(stream);
     let deadline = Instant::now() + shared.config.limits.login_timeout();
     let est = match tokio::time::timeout_at(deadline, handshake(&mut t, &shared, ip)).await {
@@ -122,12 +123,16 @@ pub async fn serve<S: ByteStream>(stream: S, ip: IpAddr, shared: Arc<Shared>, un
         _ = shared.shutdown.cancelled() => return close(&mut t, &mut session, End::new(ErrorCode::ShuttingDown, "server shutting down")).await,
     };
     drop(unauth);
+    gauge.authenticated();
     tracing::info!(user = %login.user, device = login.device.get(), %ip, "logged in");
     let (out, inbox) = outbox(conn, login.device, shared.config.limits.outbound_queue);
     shared.router.attach(&login.user, out);
     crate::social::connected(&shared, &login).await;
     let mut s = Live::new(login, shared.clone());
     let end = s.run(&mut t, &mut session, inbox).await;
+    if end.code == ErrorCode::QueueOverflow {
+        crate::metrics::queue_overflow();
+    }
     shared.router.detach(&s.id.user, conn);
     crate::social::disconnected(&shared, &s.id).await;
     s.persist_cursor().await;
@@ -237,6 +242,7 @@ async fn login<S: ByteStream>(
         let Some(msg) = next_msg(t, session).await? else {
             return Ok(None);
         };
+        let method = crate::metrics::login_method(&msg);
         let result = match msg {
             ClientMsg::Ping { nonce } => Err(ServerMsg::Pong { nonce }),
             ClientMsg::Register {
@@ -299,6 +305,9 @@ async fn login<S: ByteStream>(
                 "log in first",
             )),
         };
+        if let Some(method) = method {
+            crate::metrics::login(method, result.is_ok());
+        }
         match result {
             Ok((req, id, issue_ticket)) => {
                 let now = now_ms();
@@ -587,6 +596,7 @@ impl Live {
                 }
                 self.track(m.id, &m.from, &m.to);
                 queue(t, session, &ServerMsg::Message(chat_message(m)))?;
+                crate::metrics::delivered(1);
             }
             t.flush().await?;
             if !full {
@@ -628,6 +638,7 @@ impl Live {
                     continue;
                 }
                 self.track(m.id.0, &m.from, &m.to);
+                crate::metrics::delivered(1);
             }
             queue(t, session, &push)?;
             n += 1;

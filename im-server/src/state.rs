@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use im_proto::Target;
+use im_proto::handshake::Endorsement;
 use im_proto::hostkey::RsaSigner;
 use im_proto::msg::{ChatMessage, DeviceId, MessageId, ServerMsg, Timestamp};
 use tokio::sync::mpsc;
@@ -24,10 +25,15 @@ pub struct Shared {
     pub log: MessageLog,
     pub router: Arc<dyn Router>,
     pub host_key: Arc<RsaSigner>,
+    /// The host key's endorsement by its predecessor after `im-server rotate-host-key`, sent
+    /// in full handshakes until its grace period ends.
+    pub endorsement: Option<Arc<Endorsement>>,
     pub limits: RateLimits,
     pub passwords: Passwords,
     /// Fires once on SIGINT/SIGTERM: every connection sends Close and ends.
     pub shutdown: CancellationToken,
+    /// Rooms' membership and online users' contacts, blocks and presence, cached.
+    pub social: crate::social::State,
     pub started: Instant,
 }
 

@@ -18,7 +18,7 @@ pub fn bin_dir() -> &'static Path {
     DIR.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--bins", "-p", "im-server", "-p", "im-client"])
+            .args(["build", "--bins", "-p", "im-server", "-p", "im-client", "-p", "im-tui"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build");
@@ -78,8 +78,32 @@ impl Server {
         s
     }
 
+    /// Starts a server on a data directory prepared beforehand as `dir`/data (a restored
+    /// backup, say).
+    pub fn start_in(dir: tempfile::TempDir) -> Server {
+        let mut s = Server {
+            proc: None,
+            stderr_log: dir.path().join("server.log"),
+            dir,
+            addr: String::new(),
+            config: None,
+        };
+        s.spawn("127.0.0.1:0");
+        s
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// `im-server --data-dir <ours> ARGS…` (an admin command), run to completion.
+    pub fn admin(&self, args: &[&str]) -> Run {
+        let mut cmd = Command::new(bin("im-server"));
+        cmd.arg("--data-dir")
+            .arg(self.data_dir())
+            .args(args)
+            .env("RUST_LOG", "warn");
+        TestCommand { cmd, stdin: None }.run()
     }
 
     /// Starts the server binary and waits for its `listening on` line.
@@ -433,4 +457,14 @@ fn wait_with_timeout_no_stdout(mut child: Child) -> Output {
 pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Polls `check` every 50 ms until it holds, for conditions no command can wait on itself
+/// (someone else's connection being up); panics after 20 s, naming `what`.
+pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

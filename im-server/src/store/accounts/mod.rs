@@ -148,24 +148,21 @@ impl Accounts {
     /// never overwrites a file); it is created with mode 0600, and removed again if the copy
     /// fails.
     pub fn backup_to(&self, dest: &Path) -> Result<()> {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(FILE_MODE)
-            .open(dest)
-            .map_err(|source| AccountsError::Io {
-                path: dest.to_owned(),
-                source,
-            })?;
-        let copied = self
-            .lock()
-            .backup(rusqlite::MAIN_DB, dest, None::<fn(rusqlite::backup::Progress)>);
-        if let Err(e) = copied {
-            // Half a copy is worse than none: it looks like a backup.
-            let _ = std::fs::remove_file(dest);
-            return Err(e.into());
-        }
-        Ok(())
+        backup_connection(&self.lock(), dest)
+    }
+
+    /// [`backup_to`](Accounts::backup_to) for a database nobody has open here: opens `src`
+    /// read-only, so it neither migrates nor otherwise changes it (a backup taken before an
+    /// upgrade must still suit the old version).
+    pub fn backup_file(src: &Path, dest: &Path) -> Result<()> {
+        schema::check_file_header(src)?;
+        let conn = Connection::open_with_flags(
+            src,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| file_error(src, e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        backup_connection(&conn, dest)
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -210,6 +207,25 @@ impl Accounts {
             other => other,
         }
     }
+}
+
+fn backup_connection(conn: &Connection, dest: &Path) -> Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(dest)
+        .map_err(|source| AccountsError::Io {
+            path: dest.to_owned(),
+            source,
+        })?;
+    let copied = conn.backup(rusqlite::MAIN_DB, dest, None::<fn(rusqlite::backup::Progress)>);
+    if let Err(e) = copied {
+        // Half a copy is worse than none: it looks like a backup.
+        let _ = std::fs::remove_file(dest);
+        return Err(e.into());
+    }
+    Ok(())
 }
 
 /// Creates the file with mode 0600 if it is missing, so that SQLite never creates it with the

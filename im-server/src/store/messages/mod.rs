@@ -28,9 +28,13 @@
 //! - `mod.rs` (this file): the public types and the read side.
 //! - `writer.rs`: the group-commit writer thread.
 //! - `record.rs`: keys and value encodings of every keyspace, and their total decoders.
+//! - `backup.rs`: a consistent copy of the whole log, taken from a snapshot while it runs.
 
+mod backup;
 mod record;
 mod writer;
+
+pub use backup::LogBackup;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

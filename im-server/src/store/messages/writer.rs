@@ -150,8 +150,10 @@ impl Writer {
                 super::META_HIGH_WATER,
                 record::encode_pair(next_id - 1, now),
             );
+            let started = std::time::Instant::now();
             if let Err(e) = wb.commit() {
                 // Nothing of this batch is acknowledged; its ids are handed out again.
+                crate::metrics::commit_failed();
                 let err = engine_error(&self.path, e);
                 tracing::error!(path = %self.path.display(), error = %err, "message log commit failed");
                 for o in &mut outcomes {
@@ -166,6 +168,7 @@ impl Writer {
             self.shared.last_id.store(next_id - 1, Ordering::Release);
             self.shared.commits.fetch_add(1, Ordering::Relaxed);
             self.shared.appended.fetch_add(new_count, Ordering::Relaxed);
+            crate::metrics::committed(started.elapsed(), new_count);
             if let Some(sink) = &self.sink {
                 for o in &outcomes {
                     if let Ok(Appended::New(m)) = o {
@@ -181,6 +184,7 @@ impl Writer {
             .filter(|o| matches!(o, Ok(Appended::Duplicate(_))))
             .count();
         self.shared.duplicates.fetch_add(dups as u64, Ordering::Relaxed);
+        crate::metrics::duplicates(dups);
         Self::reply(batch, outcomes);
     }
 
