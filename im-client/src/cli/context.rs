@@ -15,17 +15,18 @@ use im_client::{
     home,
 };
 use im_proto::hostkey::RsaSigner;
-use im_proto::limits::{MAX_PASSWORD, MIN_PASSWORD_CHARS};
 use im_proto::msg::Password;
 use im_proto::{RoomName, Target, UserName};
-use zeroize::Zeroizing;
 
 use super::GlobalOpts;
 use super::error::CliError;
 use super::output::Output;
 
-/// The environment variable holding the password.
-pub const PASSWORD_ENV: &str = "IM_PASSWORD";
+pub use im_client::password::PASSWORD_ENV;
+use im_client::password::{
+    check_new as check_new_password, from_env as password_from_env, read_file as read_password_file,
+};
+
 /// The environment variable holding the new password for `passwd`.
 pub const NEW_PASSWORD_ENV: &str = "IM_NEW_PASSWORD";
 
@@ -71,22 +72,6 @@ fn prompt_password(prompt: &str) -> Result<Password, Error> {
         })
 }
 
-/// The first line of a password file.
-fn read_password_file(path: &Path) -> Result<Password, Error> {
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| Error::Local {
-        what: "cannot read password file",
-        path: path.to_owned(),
-        source: e,
-    })?);
-    let line = text.lines().next().unwrap_or("");
-    Ok(Password::new(line.to_owned()))
-}
-
-/// A password from the environment variable `var`, if set.
-fn password_from_env(var: &str) -> Option<Password> {
-    std::env::var(var).ok().map(Password::new)
-}
-
 /// Wraps a source so that it is asked at most once (a prompt is not repeated).
 fn once(f: impl Fn() -> Result<Password, Error> + Send + Sync + 'static) -> PasswordSource {
     let cache: Mutex<Option<Password>> = Mutex::new(None);
@@ -101,22 +86,6 @@ fn once(f: impl Fn() -> Result<Password, Error> + Send + Sync + 'static) -> Pass
         *cached = Some(p.clone());
         Ok(p)
     })
-}
-
-/// Checks a new password against the protocol's limits before it is sent.
-pub fn check_new_password(p: &Password) -> Result<(), Error> {
-    let s = p.expose();
-    if s.chars().count() < MIN_PASSWORD_CHARS {
-        return Err(Error::Refused(format!(
-            "the password is too short: at least {MIN_PASSWORD_CHARS} characters"
-        )));
-    }
-    if s.len() > MAX_PASSWORD {
-        return Err(Error::Refused(format!(
-            "the password is too long: at most {MAX_PASSWORD} bytes"
-        )));
-    }
-    Ok(())
 }
 
 pub fn parse_user(s: &str) -> Result<UserName, CliError> {
@@ -322,29 +291,6 @@ impl Context {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn new_passwords_are_checked_locally() {
-        assert_eq!(check_new_password(&Password::from("short")).unwrap_err().exit_code(), 6);
-        assert!(check_new_password(&Password::from("long enough")).is_ok());
-        assert_eq!(
-            check_new_password(&Password::new("x".repeat(MAX_PASSWORD + 1)))
-                .unwrap_err()
-                .exit_code(),
-            6
-        );
-    }
-
-    #[test]
-    fn password_files_give_their_first_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("pw");
-        std::fs::write(&path, "correct horse\r\nsecond\n").unwrap();
-        assert_eq!(read_password_file(&path).unwrap().expose(), "correct horse");
-        let err = read_password_file(&dir.path().join("none")).unwrap_err();
-        assert_eq!(err.exit_code(), 8);
-        assert!(!format!("{err:?}").contains("correct horse"));
-    }
 
     #[test]
     fn a_source_is_asked_once() {
