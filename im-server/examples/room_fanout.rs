@@ -86,7 +86,10 @@ async fn run(members: usize, messages: usize) -> Result<(), BoxError> {
 /// serves on a loopback port.
 async fn start_server(root: &std::path::Path, members: usize) -> Result<(SocketAddr, Vec<ResumeTicket>), BoxError> {
     let data = DataDir::open_or_create(&root.join("data"))?;
-    im_server::datadir::write_private(&data.host_key_path(), include_bytes!("../../im-proto/tests/data/host_key.pem"))?;
+    im_server::datadir::write_private(
+        &data.host_key_path(),
+        include_bytes!("../../im-proto/tests/data/host_key.pem"),
+    )?;
     let mut config = Config::default();
     let l = &mut config.limits;
     l.ping_interval_secs = 3600;
@@ -111,12 +114,18 @@ async fn start_server(root: &std::path::Path, members: usize) -> Result<(SocketA
             let ticket = im_server::auth::new_ticket(uid, device, now + 86_400_000);
             accounts.insert_ticket(&ticket)?;
             accounts.join_room(&room, uid, 0, now)?;
-            tickets.push(ResumeTicket { id: ticket.id, secret: ticket.secret.clone() });
+            tickets.push(ResumeTicket {
+                id: ticket.id,
+                secret: ticket.secret.clone(),
+            });
         }
         Ok(tickets)
     })
     .await??;
-    println!("setup: {members} users, devices, tickets and memberships in {:.1} s", setup.elapsed().as_secs_f64());
+    println!(
+        "setup: {members} users, devices, tickets and memberships in {:.1} s",
+        setup.elapsed().as_secs_f64()
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(server.serve(listener));
@@ -157,7 +166,12 @@ impl Member {
         }
         io.write_all(&est.finished).await?;
         let (rd, wr) = io.into_split();
-        let mut m = Member { session: est.session, rd, wr, buf };
+        let mut m = Member {
+            session: est.session,
+            rd,
+            wr,
+            buf,
+        };
         m.send(&ClientMsg::LoginTicket { req: RequestId(1) }).await?;
         match m.recv().await? {
             ServerMsg::LoggedIn { .. } => Ok(m),
@@ -203,7 +217,11 @@ async fn server_run(addr: SocketAddr, tickets: Vec<ResumeTicket>, messages: usiz
     let mut connected = Vec::with_capacity(members);
     let mut tickets = tickets.into_iter();
     loop {
-        let batch: Vec<_> = tickets.by_ref().take(CONNECT_CONCURRENCY).map(|t| tokio::spawn(Member::connect(addr, t))).collect();
+        let batch: Vec<_> = tickets
+            .by_ref()
+            .take(CONNECT_CONCURRENCY)
+            .map(|t| tokio::spawn(Member::connect(addr, t)))
+            .collect();
         if batch.is_empty() {
             break;
         }
@@ -211,7 +229,10 @@ async fn server_run(addr: SocketAddr, tickets: Vec<ResumeTicket>, messages: usiz
             connected.push(h.await??);
         }
     }
-    println!("connect: {members} members logged in in {:.2} s", connecting.elapsed().as_secs_f64());
+    println!(
+        "connect: {members} members logged in in {:.2} s",
+        connecting.elapsed().as_secs_f64()
+    );
 
     // Every member but the sender reports the arrival of each room message.
     let (tx, mut arrivals) = mpsc::unbounded_channel::<(u64, Instant)>();
@@ -237,7 +258,15 @@ async fn server_run(addr: SocketAddr, tickets: Vec<ResumeTicket>, messages: usiz
         let text = format!("message {n}: {}", "x".repeat(80));
         let t0 = Instant::now();
         let req = RequestId(n as u32 + 2);
-        sender.send(&ClientMsg::Send { req, to: room.clone(), client_id: format!("c{n}"), action: false, text }).await?;
+        sender
+            .send(&ClientMsg::Send {
+                req,
+                to: room.clone(),
+                client_id: format!("c{n}"),
+                action: false,
+                text,
+            })
+            .await?;
         let (id, sent_at) = loop {
             match sender.recv().await? {
                 ServerMsg::Sent { req: r, id, .. } if r == req => break (id.0, Instant::now()),
@@ -333,5 +362,10 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 
 fn report(label: &str, v: &[f64]) {
     let max = v.iter().copied().fold(0.0, f64::max);
-    println!("{label:<34} {:>9.2} {:>9.2} {:>9.2}", percentile(v, 0.5), percentile(v, 0.99), max);
+    println!(
+        "{label:<34} {:>9.2} {:>9.2} {:>9.2}",
+        percentile(v, 0.5),
+        percentile(v, 0.99),
+        max
+    );
 }

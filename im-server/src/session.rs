@@ -732,7 +732,8 @@ impl Live {
                 // For this connection only, and after any replies still pending, then `Ok`.
                 let ticket = issue(&self.shared, &self.id).await?;
                 self.pending.push_back(Box::pin(std::future::ready(ticket)));
-                self.pending.push_back(Box::pin(std::future::ready(ServerMsg::Ok { req })));
+                self.pending
+                    .push_back(Box::pin(std::future::ready(ServerMsg::Ok { req })));
                 return Ok(None);
             }
             ClientMsg::Logout { req } => {
@@ -874,7 +875,11 @@ impl Live {
             (None, v) => Some(MessageId(v)),
         };
         // Paging backwards stays backwards when `after` was raised to the join point.
-        let before = if forward { before.map(|b| b.0) } else { Some(before.map_or(u64::MAX, |b| b.0)) };
+        let before = if forward {
+            before.map(|b| b.0)
+        } else {
+            Some(before.map_or(u64::MAX, |b| b.0))
+        };
         let log = self.shared.log.clone();
         let limit = usize::from(limit).min(MAX_PAGE);
         let page = tokio::task::spawn_blocking(move || log.history(&conv, before, after.map(|a| a.0), limit)).await;

@@ -20,7 +20,10 @@ fn wire_state(s: accounts::ContactState) -> ContactState {
 }
 
 fn contact_update(user: &UserName, state: Option<ContactState>) -> Arc<ServerMsg> {
-    Arc::new(ServerMsg::ContactUpdate { user: user.clone(), state })
+    Arc::new(ServerMsg::ContactUpdate {
+        user: user.clone(),
+        state,
+    })
 }
 
 fn not_yourself(id: &Identity, user: &UserName) -> Result<(), Refusal> {
@@ -57,15 +60,23 @@ pub(super) async fn request(shared: &Arc<Shared>, id: &Identity, req: RequestId,
         None => Err(Refusal::no_such_user(&user)),
         Some((_, None)) => Err(Refusal::not_allowed(NOT_ALLOWED)),
         Some((_, Some(ContactOutcome::Requested))) => {
-            shared.router.push_to_user(&user, &contact_update(&id.user, Some(ContactState::Incoming)), None);
-            shared.router.push_to_user(&id.user, &contact_update(&user, Some(ContactState::Outgoing)), Some(id.device));
+            shared
+                .router
+                .push_to_user(&user, &contact_update(&id.user, Some(ContactState::Incoming)), None);
+            shared.router.push_to_user(
+                &id.user,
+                &contact_update(&user, Some(ContactState::Outgoing)),
+                Some(id.device),
+            );
             Ok(ServerMsg::Ok { req })
         }
         Some((them, Some(ContactOutcome::Accepted))) => {
             accepted(shared, id, &user, them).await;
             Ok(ServerMsg::Ok { req })
         }
-        Some((_, Some(ContactOutcome::AlreadyRequested | ContactOutcome::AlreadyContacts))) => Ok(ServerMsg::Ok { req }),
+        Some((_, Some(ContactOutcome::AlreadyRequested | ContactOutcome::AlreadyContacts))) => {
+            Ok(ServerMsg::Ok { req })
+        }
     }
 }
 
@@ -75,7 +86,10 @@ pub(super) async fn accept(shared: &Arc<Shared>, id: &Identity, req: RequestId, 
     let them = uid_of(shared, &user).await?;
     let me = id.uid;
     if !shared.db(move |a| a.contact_accept(me, them)).await? {
-        return Err(Refusal::new(ErrorCode::NotFound, format!("{user} has not asked to be your contact")));
+        return Err(Refusal::new(
+            ErrorCode::NotFound,
+            format!("{user} has not asked to be your contact"),
+        ));
     }
     accepted(shared, id, &user, them).await;
     Ok(ServerMsg::Ok { req })
@@ -84,8 +98,14 @@ pub(super) async fn accept(shared: &Arc<Shared>, id: &Identity, req: RequestId, 
 /// Both sides are contacts now: tell both, reload both views, and show each the other's
 /// presence.
 async fn accepted(shared: &Shared, id: &Identity, user: &UserName, them: UserId) {
-    shared.router.push_to_user(&id.user, &contact_update(user, Some(ContactState::Accepted)), Some(id.device));
-    shared.router.push_to_user(user, &contact_update(&id.user, Some(ContactState::Accepted)), None);
+    shared.router.push_to_user(
+        &id.user,
+        &contact_update(user, Some(ContactState::Accepted)),
+        Some(id.device),
+    );
+    shared
+        .router
+        .push_to_user(user, &contact_update(&id.user, Some(ContactState::Accepted)), None);
     presence::refresh(shared, &id.user, id.uid).await;
     presence::refresh(shared, user, them).await;
     presence::tell(shared, &id.user, user);
@@ -98,9 +118,14 @@ pub(super) async fn remove(shared: &Arc<Shared>, id: &Identity, req: RequestId, 
     let them = uid_of(shared, &user).await?;
     let me = id.uid;
     if !shared.db(move |a| a.contact_remove(me, them)).await? {
-        return Err(Refusal::new(ErrorCode::NotFound, format!("{user} is not a contact and no request is pending")));
+        return Err(Refusal::new(
+            ErrorCode::NotFound,
+            format!("{user} is not a contact and no request is pending"),
+        ));
     }
-    shared.router.push_to_user(&id.user, &contact_update(&user, None), Some(id.device));
+    shared
+        .router
+        .push_to_user(&id.user, &contact_update(&user, None), Some(id.device));
     shared.router.push_to_user(&user, &contact_update(&id.user, None), None);
     presence::refresh(shared, &id.user, id.uid).await;
     presence::refresh(shared, &user, them).await;
@@ -116,9 +141,16 @@ pub(super) async fn list(shared: &Arc<Shared>, id: &Identity, req: RequestId) ->
         .map(|c| {
             let state = wire_state(c.state);
             let (presence, text) = presence::seen_by(shared, &id.user, &c.name, state);
-            Contact { user: c.name, state, presence, text }
+            Contact {
+                user: c.name,
+                state,
+                presence,
+                text,
+            }
         })
         .collect();
-    let contacts = fit("contacts", contacts, |c| str_size(c.user.as_str()) + 2 + opt_str_size(c.text.as_deref()));
+    let contacts = fit("contacts", contacts, |c| {
+        str_size(c.user.as_str()) + 2 + opt_str_size(c.text.as_deref())
+    });
     Ok(ServerMsg::Contacts { req, contacts })
 }

@@ -61,7 +61,10 @@ pub struct Refusal {
 
 impl Refusal {
     pub fn new(code: ErrorCode, text: impl Into<String>) -> Self {
-        Refusal { code, text: text.into() }
+        Refusal {
+            code,
+            text: text.into(),
+        }
     }
 
     pub fn reply(self, req: RequestId) -> ServerMsg {
@@ -117,7 +120,13 @@ pub fn hidden(shared: &Shared, id: &Identity, m: &StoredMessage) -> bool {
 /// Routes one committed room message to the room's online members (and the sender's other
 /// devices), in the dispatcher's commit order. Synchronous and without database access: it
 /// reads the membership cache, which `may_send` loaded before the message was stored.
-pub fn fan_out(shared: &Arc<Shared>, room: &RoomName, from: &UserName, sender_device: Option<DeviceId>, push: &Arc<ServerMsg>) {
+pub fn fan_out(
+    shared: &Arc<Shared>,
+    room: &RoomName,
+    from: &UserName,
+    sender_device: Option<DeviceId>,
+    push: &Arc<ServerMsg>,
+) {
     rooms::fan_out(shared, room, from, sender_device, push);
 }
 
@@ -134,7 +143,11 @@ pub async fn typing(shared: &Arc<Shared>, id: &Identity, to: Target) {
 /// the session goes on.
 pub async fn handle(shared: &Arc<Shared>, id: &Identity, msg: ClientMsg) -> Result<ServerMsg, AccountsError> {
     let Some(req) = msg.request_id() else {
-        return Ok(ServerMsg::error(None, ErrorCode::BadRequest, format!("{} is not a request", msg.name())));
+        return Ok(ServerMsg::error(
+            None,
+            ErrorCode::BadRequest,
+            format!("{} is not a request", msg.name()),
+        ));
     };
     let reply = match msg {
         ClientMsg::Join { room, .. } => rooms::join(shared, id, req, room).await,
@@ -156,7 +169,10 @@ pub async fn handle(shared: &Arc<Shared>, id: &Identity, msg: ClientMsg) -> Resu
         ClientMsg::Block { user, .. } => blocks::block(shared, id, req, user).await,
         ClientMsg::Unblock { user, .. } => blocks::unblock(shared, id, req, user).await,
         ClientMsg::ListBlocked { .. } => blocks::list(shared, id, req).await,
-        other => Err(Refusal::new(ErrorCode::Unsupported, format!("{} is not supported by this server", other.name()))),
+        other => Err(Refusal::new(
+            ErrorCode::Unsupported,
+            format!("{} is not supported by this server", other.name()),
+        )),
     };
     Ok(reply.unwrap_or_else(|refusal| refusal.reply(req)))
 }
@@ -186,7 +202,12 @@ fn fit<T>(what: &str, mut items: Vec<T>, size: impl Fn(&T) -> usize) -> Vec<T> {
         keep += 1;
     }
     if keep < items.len() {
-        tracing::warn!(list = what, total = items.len(), sent = keep, "list cut to fit one record");
+        tracing::warn!(
+            list = what,
+            total = items.len(),
+            sent = keep,
+            "list cut to fit one record"
+        );
         items.truncate(keep);
     }
     items
@@ -219,9 +240,18 @@ mod tests {
         let members = fit("members", members, |m| str_size(m.user.as_str()) + 2);
         assert!(members.len() > 1000 && members.len() < MAX_LIST);
         let mut out = Vec::new();
-        ServerMsg::MemberList { req: RequestId(u32::MAX), room, members }.encode(&mut out);
+        ServerMsg::MemberList {
+            req: RequestId(u32::MAX),
+            room,
+            members,
+        }
+        .encode(&mut out);
         assert!(out.len() <= MAX_RECORD_PLAINTEXT, "{} bytes", out.len());
-        assert!(out.len() > MAX_RECORD_PLAINTEXT - 2 * LIST_SLACK, "cut far too short: {} bytes", out.len());
+        assert!(
+            out.len() > MAX_RECORD_PLAINTEXT - 2 * LIST_SLACK,
+            "cut far too short: {} bytes",
+            out.len()
+        );
     }
 
     #[test]

@@ -59,13 +59,19 @@ struct Shown {
     text: Option<String>,
 }
 
-const OFFLINE: Shown = Shown { presence: Presence::Offline, text: None };
+const OFFLINE: Shown = Shown {
+    presence: Presence::Offline,
+    text: None,
+};
 
 impl Online {
     /// The presence contacts should see now.
     fn effective(&self) -> Shown {
         match &self.view {
-            Some(v) if self.devices > 0 && v.chosen != Presence::Offline => Shown { presence: v.chosen, text: v.text.clone() },
+            Some(v) if self.devices > 0 && v.chosen != Presence::Offline => Shown {
+                presence: v.chosen,
+                text: v.text.clone(),
+            },
             _ => OFFLINE,
         }
     }
@@ -92,7 +98,9 @@ impl Users {
 
     /// Whether `user` is online and not hiding it, for member lists.
     pub(super) fn appears_online(&self, user: &UserName) -> bool {
-        self.read().get(user).is_some_and(|u| u.view.as_ref().is_none_or(|v| v.chosen != Presence::Offline))
+        self.read()
+            .get(user)
+            .is_some_and(|u| u.view.as_ref().is_none_or(|v| v.chosen != Presence::Offline))
     }
 }
 
@@ -105,7 +113,10 @@ pub(super) fn receives_from(users: &HashMap<UserName, Online>, user: &UserName, 
 /// What `viewer` may see of `user`'s presence: the real one for an accepted contact who does
 /// not block them, offline otherwise. Nothing leaks to strangers.
 fn visible(users: &HashMap<UserName, Online>, viewer: &UserName, user: &UserName) -> Shown {
-    let contact = users.get(viewer).and_then(|v| v.view.as_ref()).is_some_and(|v| v.contacts.contains(user));
+    let contact = users
+        .get(viewer)
+        .and_then(|v| v.view.as_ref())
+        .is_some_and(|v| v.contacts.contains(user));
     match users.get(user) {
         Some(u) if contact && !u.blocks(viewer) => u.effective(),
         _ => OFFLINE,
@@ -113,7 +124,11 @@ fn visible(users: &HashMap<UserName, Online>, viewer: &UserName, user: &UserName
 }
 
 fn update(user: &UserName, shown: &Shown) -> Arc<ServerMsg> {
-    Arc::new(ServerMsg::PresenceUpdate(PresenceInfo { user: user.clone(), presence: shown.presence, text: shown.text.clone() }))
+    Arc::new(ServerMsg::PresenceUpdate(PresenceInfo {
+        user: user.clone(),
+        presence: shown.presence,
+        text: shown.text.clone(),
+    }))
 }
 
 /// The presence code stored in the accounts database: 0 until the user first chooses one.
@@ -121,7 +136,10 @@ fn chosen_from_db(code: u8) -> Presence {
     match code {
         0 => Presence::Online,
         c => Presence::from_u8(c).unwrap_or_else(|| {
-            tracing::warn!(code = c, "unknown presence code in the accounts database; treating it as online");
+            tracing::warn!(
+                code = c,
+                "unknown presence code in the accounts database; treating it as online"
+            );
             Presence::Online
         }),
     }
@@ -131,9 +149,20 @@ async fn load(shared: &Shared, uid: UserId, seq: u64) -> Result<View, AccountsEr
     shared
         .db(move |a| {
             let (code, text) = a.presence(uid)?;
-            let contacts = a.contacts(uid)?.into_iter().filter(|c| c.state == crate::store::accounts::ContactState::Accepted).map(|c| c.name).collect();
+            let contacts = a
+                .contacts(uid)?
+                .into_iter()
+                .filter(|c| c.state == crate::store::accounts::ContactState::Accepted)
+                .map(|c| c.name)
+                .collect();
             let blocked = a.blocked(uid)?.into_iter().collect();
-            Ok(View { seq, chosen: chosen_from_db(code), text, contacts, blocked })
+            Ok(View {
+                seq,
+                chosen: chosen_from_db(code),
+                text,
+                contacts,
+                blocked,
+            })
         })
         .await
 }
@@ -196,7 +225,11 @@ pub(super) async fn connected(shared: &Shared, id: &Identity) {
     let users = &shared.social.users;
     let load_needed = {
         let mut map = users.write();
-        let u = map.entry(id.user.clone()).or_insert_with(|| Online { devices: 0, view: None, shown: OFFLINE });
+        let u = map.entry(id.user.clone()).or_insert_with(|| Online {
+            devices: 0,
+            view: None,
+            shown: OFFLINE,
+        });
         u.devices += 1;
         u.view.is_none()
     };
@@ -225,10 +258,18 @@ pub(super) fn disconnected(shared: &Shared, id: &Identity) {
 }
 
 /// `SetPresence`: stored (it outlives the session), then told to contacts.
-pub(super) async fn set(shared: &Arc<Shared>, id: &Identity, req: RequestId, presence: Presence, text: Option<String>) -> Reply {
+pub(super) async fn set(
+    shared: &Arc<Shared>,
+    id: &Identity,
+    req: RequestId,
+    presence: Presence,
+    text: Option<String>,
+) -> Reply {
     let text = text.filter(|t| !t.is_empty());
     let uid = id.uid;
-    shared.db(move |a| a.set_presence(uid, presence.to_u8(), text.as_deref())).await?;
+    shared
+        .db(move |a| a.set_presence(uid, presence.to_u8(), text.as_deref()))
+        .await?;
     refresh(shared, &id.user, id.uid).await;
     broadcast(shared, &id.user);
     Ok(ServerMsg::Ok { req })
@@ -242,16 +283,27 @@ pub(super) fn get(shared: &Shared, id: &Identity, req: RequestId, names: Vec<Use
             .into_iter()
             .map(|user| {
                 let s = visible(&users, &id.user, &user);
-                PresenceInfo { user, presence: s.presence, text: s.text }
+                PresenceInfo {
+                    user,
+                    presence: s.presence,
+                    text: s.text,
+                }
             })
             .collect()
     };
-    let entries = fit("presence", entries, |p| str_size(p.user.as_str()) + 1 + opt_str_size(p.text.as_deref()));
+    let entries = fit("presence", entries, |p| {
+        str_size(p.user.as_str()) + 1 + opt_str_size(p.text.as_deref())
+    });
     ServerMsg::PresenceList { req, entries }
 }
 
 /// The presence `viewer` sees of `user`, for the contact list.
-pub(super) fn seen_by(shared: &Shared, viewer: &UserName, user: &UserName, state: ContactState) -> (Presence, Option<String>) {
+pub(super) fn seen_by(
+    shared: &Shared,
+    viewer: &UserName,
+    user: &UserName,
+    state: ContactState,
+) -> (Presence, Option<String>) {
     if state != ContactState::Accepted {
         return (Presence::Offline, None);
     }
@@ -263,9 +315,15 @@ pub(super) fn seen_by(shared: &Shared, viewer: &UserName, user: &UserName, state
 /// typer.
 pub(super) fn typing_to(shared: &Shared, id: &Identity, peer: &UserName) {
     let users = shared.social.users.read();
-    let contact = users.get(&id.user).and_then(|u| u.view.as_ref()).is_some_and(|v| v.contacts.contains(peer));
+    let contact = users
+        .get(&id.user)
+        .and_then(|u| u.view.as_ref())
+        .is_some_and(|v| v.contacts.contains(peer));
     if contact && receives_from(&users, peer, &id.user) {
-        let push = Arc::new(ServerMsg::TypingNotice { from: id.user.clone(), to: im_proto::Target::User(peer.clone()) });
+        let push = Arc::new(ServerMsg::TypingNotice {
+            from: id.user.clone(),
+            to: im_proto::Target::User(peer.clone()),
+        });
         shared.router.push_to_user(peer, &push, None);
     }
 }
@@ -299,7 +357,10 @@ mod tests {
         users.insert(name("bob"), online(Presence::Online, &["alice"], &[]));
         users.insert(name("carol"), online(Presence::Online, &["alice"], &[]));
         users.insert(name("mallory"), online(Presence::Online, &[], &[]));
-        let away = Shown { presence: Presence::Away, text: Some("at lunch".into()) };
+        let away = Shown {
+            presence: Presence::Away,
+            text: Some("at lunch".into()),
+        };
         assert_eq!(visible(&users, &name("bob"), &name("alice")), away);
         // Carol is a contact, but alice blocks her.
         assert_eq!(visible(&users, &name("carol"), &name("alice")), OFFLINE);
@@ -314,7 +375,11 @@ mod tests {
     fn choosing_offline_hides_the_status_text() {
         let u = online(Presence::Offline, &[], &[]);
         assert_eq!(u.effective(), OFFLINE);
-        let unloaded = Online { devices: 1, view: None, shown: OFFLINE };
+        let unloaded = Online {
+            devices: 1,
+            view: None,
+            shown: OFFLINE,
+        };
         assert_eq!(unloaded.effective(), OFFLINE);
         assert_eq!(chosen_from_db(0), Presence::Online);
         assert_eq!(chosen_from_db(3), Presence::Busy);
@@ -326,6 +391,9 @@ mod tests {
         users.insert(name("alice"), online(Presence::Online, &[], &["mallory"]));
         assert!(!receives_from(&users, &name("alice"), &name("mallory")));
         assert!(receives_from(&users, &name("alice"), &name("bob")));
-        assert!(!receives_from(&users, &name("bob"), &name("alice")), "bob is not online");
+        assert!(
+            !receives_from(&users, &name("bob"), &name("alice")),
+            "bob is not online"
+        );
     }
 }

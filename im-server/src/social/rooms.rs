@@ -20,7 +20,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use im_proto::msg::{DeviceId, ErrorCode, Member as MemberInfo, RequestId, RoomEventKind, RoomInfo, ServerMsg, Timestamp};
+use im_proto::msg::{
+    DeviceId, ErrorCode, Member as MemberInfo, RequestId, RoomEventKind, RoomInfo, ServerMsg, Timestamp,
+};
 use im_proto::{RoomName, Target, UserName};
 
 use super::{Refusal, Reply, fit, opt_str_size, presence, str_size};
@@ -68,7 +70,10 @@ impl Rooms {
     }
 
     fn insert(&self, room: &RoomName, entry: Room) -> Arc<Room> {
-        write(&self.map).entry(room.clone()).or_insert_with(|| Arc::new(entry)).clone()
+        write(&self.map)
+            .entry(room.clone())
+            .or_insert_with(|| Arc::new(entry))
+            .clone()
     }
 }
 
@@ -86,9 +91,27 @@ async fn get(shared: &Shared, room: &RoomName) -> Result<Option<Arc<Room>>, Acco
         })
         .await?;
     let Some(members) = members else { return Ok(None) };
-    let members = members.into_iter().map(|m| (m.name, Member { uid: m.user, role: m.role, joined_at: 0 })).collect();
+    let members = members
+        .into_iter()
+        .map(|m| {
+            (
+                m.name,
+                Member {
+                    uid: m.user,
+                    role: m.role,
+                    joined_at: 0,
+                },
+            )
+        })
+        .collect();
     // A concurrent load or join may have inserted it meanwhile: theirs is kept.
-    Ok(Some(shared.social.rooms.insert(room, Room { changes: Default::default(), members: RwLock::new(members) })))
+    Ok(Some(shared.social.rooms.insert(
+        room,
+        Room {
+            changes: Default::default(),
+            members: RwLock::new(members),
+        },
+    )))
 }
 
 async fn existing(shared: &Shared, room: &RoomName) -> Result<Arc<Room>, Refusal> {
@@ -121,7 +144,11 @@ pub(super) async fn may_send(shared: &Shared, id: &Identity, room: &RoomName) ->
 }
 
 /// History of a room: for members only, from the message after the one they joined at.
-pub(super) async fn history_scope(shared: &Shared, id: &Identity, room: &RoomName) -> Result<(Conversation, u64), Refusal> {
+pub(super) async fn history_scope(
+    shared: &Shared,
+    id: &Identity,
+    room: &RoomName,
+) -> Result<(Conversation, u64), Refusal> {
     let (uid, name) = (id.uid, room.clone());
     let membership = shared
         .db(move |a| {
@@ -137,14 +164,22 @@ pub(super) async fn history_scope(shared: &Shared, id: &Identity, room: &RoomNam
         .await?;
     match membership {
         None => Err(Refusal::no_such_room(room)),
-        Some(None) => Err(Refusal::not_allowed(format!("only members of {room} may read its history"))),
+        Some(None) => Err(Refusal::not_allowed(format!(
+            "only members of {room} may read its history"
+        ))),
         Some(Some(joined_at)) => Ok((Conversation::Room(room.clone()), joined_at)),
     }
 }
 
 /// Pushes a room message to every online member who joined before it and does not block
 /// its sender; the sending device has its `Sent`.
-pub(super) fn fan_out(shared: &Arc<Shared>, room: &RoomName, from: &UserName, sender_device: Option<DeviceId>, push: &Arc<ServerMsg>) {
+pub(super) fn fan_out(
+    shared: &Arc<Shared>,
+    room: &RoomName,
+    from: &UserName,
+    sender_device: Option<DeviceId>,
+    push: &Arc<ServerMsg>,
+) {
     match shared.social.rooms.cached(room) {
         Some(r) => deliver(shared, &r, from, sender_device, push),
         None => {
@@ -190,7 +225,10 @@ pub(super) async fn typing(shared: &Shared, id: &Identity, room: &RoomName) {
     if !members.contains_key(&id.user) {
         return;
     }
-    let push = Arc::new(ServerMsg::TypingNotice { from: id.user.clone(), to: Target::Room(room.clone()) });
+    let push = Arc::new(ServerMsg::TypingNotice {
+        from: id.user.clone(),
+        to: Target::Room(room.clone()),
+    });
     let users = shared.social.users.read();
     for name in members.keys().filter(|n| **n != id.user) {
         if presence::receives_from(&users, name, &id.user) {
@@ -200,8 +238,23 @@ pub(super) async fn typing(shared: &Shared, id: &Identity, room: &RoomName) {
 }
 
 /// Pushes a room event to the room's members and to `subject`, who may have just left it.
-fn event(shared: &Shared, r: &Room, room: &RoomName, kind: RoomEventKind, user: &UserName, by: Option<&UserName>, topic: Option<String>) {
-    let push = Arc::new(ServerMsg::RoomEvent { room: room.clone(), kind, user: user.clone(), by: by.cloned(), topic, ts: Timestamp(now_ms()) });
+fn event(
+    shared: &Shared,
+    r: &Room,
+    room: &RoomName,
+    kind: RoomEventKind,
+    user: &UserName,
+    by: Option<&UserName>,
+    topic: Option<String>,
+) {
+    let push = Arc::new(ServerMsg::RoomEvent {
+        room: room.clone(),
+        kind,
+        user: user.clone(),
+        by: by.cloned(),
+        topic,
+        ts: Timestamp(now_ms()),
+    });
     let members = read(&r.members);
     for name in members.keys() {
         shared.router.push_to_user(name, &push, None);
@@ -230,7 +283,14 @@ pub(super) async fn join(shared: &Arc<Shared>, id: &Identity, req: RequestId, ro
     let joined_at = {
         let mut members = write(&r.members);
         let joined_at = shared.log.last_id();
-        members.insert(id.user.clone(), Member { uid, role: Role::Member, joined_at });
+        members.insert(
+            id.user.clone(),
+            Member {
+                uid,
+                role: Role::Member,
+                joined_at,
+            },
+        );
         joined_at
     };
     let name = room.clone();
@@ -275,9 +335,16 @@ pub(super) async fn list(shared: &Arc<Shared>, id: &Identity, req: RequestId) ->
     let (rooms, mine) = shared.db(move |a| Ok((a.rooms()?, a.rooms_of(uid)?))).await?;
     let rooms: Vec<RoomInfo> = rooms
         .into_iter()
-        .map(|r| RoomInfo { joined: mine.iter().any(|m| m.room == r.name), room: r.name, members: r.members, topic: r.topic })
+        .map(|r| RoomInfo {
+            joined: mine.iter().any(|m| m.room == r.name),
+            room: r.name,
+            members: r.members,
+            topic: r.topic,
+        })
         .collect();
-    let rooms = fit("rooms", rooms, |r| str_size(r.room.as_str()) + 4 + opt_str_size(r.topic.as_deref()) + 1);
+    let rooms = fit("rooms", rooms, |r| {
+        str_size(r.room.as_str()) + 4 + opt_str_size(r.topic.as_deref()) + 1
+    });
     Ok(ServerMsg::Rooms { req, rooms })
 }
 
@@ -287,14 +354,24 @@ pub(super) async fn members(shared: &Arc<Shared>, req: RequestId, room: RoomName
     let list: Vec<(UserName, Role)> = read(&r.members).iter().map(|(n, m)| (n.clone(), m.role)).collect();
     let members: Vec<MemberInfo> = list
         .into_iter()
-        .map(|(user, role)| MemberInfo { online: shared.social.users.appears_online(&user), user, role: wire_role(role) })
+        .map(|(user, role)| MemberInfo {
+            online: shared.social.users.appears_online(&user),
+            user,
+            role: wire_role(role),
+        })
         .collect();
     let members = fit("members", members, |m| str_size(m.user.as_str()) + 2);
     Ok(ServerMsg::MemberList { req, room, members })
 }
 
 /// `Topic`: members read it; operators set it (an empty topic clears it).
-pub(super) async fn topic(shared: &Arc<Shared>, id: &Identity, req: RequestId, room: RoomName, topic: Option<String>) -> Reply {
+pub(super) async fn topic(
+    shared: &Arc<Shared>,
+    id: &Identity,
+    req: RequestId,
+    room: RoomName,
+    topic: Option<String>,
+) -> Reply {
     let r = existing(shared, &room).await?;
     let role = role_of(&r, &id.user);
     let name = room.clone();
@@ -308,7 +385,9 @@ pub(super) async fn topic(shared: &Arc<Shared>, id: &Identity, req: RequestId, r
         }
         Some(text) => {
             if role.is_none_or(|r| r < Role::Operator) {
-                return Err(Refusal::not_allowed(format!("only operators of {room} may set its topic")));
+                return Err(Refusal::not_allowed(format!(
+                    "only operators of {room} may set its topic"
+                )));
             }
             let topic = Some(text).filter(|t| !t.is_empty());
             let t = topic.clone();
@@ -356,7 +435,10 @@ pub(super) enum Denied {
 
 /// `a` may act on `t`: the owner on anyone else, an operator on plain members.
 fn outranks(a: Role, t: Role) -> bool {
-    matches!((a, t), (Role::Owner, Role::Member | Role::Operator) | (Role::Operator, Role::Member))
+    matches!(
+        (a, t),
+        (Role::Owner, Role::Member | Role::Operator) | (Role::Operator, Role::Member)
+    )
 }
 
 /// The moderation rules: whether a user with role `actor` in the room (`None`: not in it) may
@@ -382,7 +464,14 @@ pub(super) fn permitted(action: Action, actor: Option<Role>, target: Option<Role
 }
 
 /// `Kick`, `Ban`, `Unban`, `Op`, `Deop`.
-pub(super) async fn moderate(shared: &Arc<Shared>, id: &Identity, req: RequestId, action: Action, room: RoomName, user: UserName) -> Reply {
+pub(super) async fn moderate(
+    shared: &Arc<Shared>,
+    id: &Identity,
+    req: RequestId,
+    action: Action,
+    room: RoomName,
+    user: UserName,
+) -> Reply {
     let r = existing(shared, &room).await?;
     let _changes = r.changes.lock().await;
     let target = read(&r.members).get(&user).copied();
@@ -422,7 +511,10 @@ pub(super) async fn moderate(shared: &Arc<Shared>, id: &Identity, req: RequestId
         }
         Action::Unban => {
             if !shared.db(move |a| a.unban(&name, uid)).await? {
-                return Err(Refusal::new(ErrorCode::NotFound, format!("{user} is not banned from {room}")));
+                return Err(Refusal::new(
+                    ErrorCode::NotFound,
+                    format!("{user} is not banned from {room}"),
+                ));
             }
             RoomEventKind::Unban
         }
@@ -456,10 +548,18 @@ mod tests {
     fn plain_members_and_outsiders_moderate_nothing() {
         for actor in [None, Some(Member)] {
             for action in [Kick, Ban, Unban] {
-                assert_eq!(permitted(action, actor, Some(Member)), Err(Denied::NotOperator), "{action:?}");
+                assert_eq!(
+                    permitted(action, actor, Some(Member)),
+                    Err(Denied::NotOperator),
+                    "{action:?}"
+                );
             }
             for action in [Op, Deop] {
-                assert_eq!(permitted(action, actor, Some(Member)), Err(Denied::NotOwner), "{action:?}");
+                assert_eq!(
+                    permitted(action, actor, Some(Member)),
+                    Err(Denied::NotOwner),
+                    "{action:?}"
+                );
             }
         }
     }
@@ -468,7 +568,11 @@ mod tests {
     fn operators_act_on_members_only() {
         assert_eq!(permitted(Kick, Some(Operator), Some(Member)), Ok(()));
         assert_eq!(permitted(Ban, Some(Operator), Some(Member)), Ok(()));
-        assert_eq!(permitted(Ban, Some(Operator), None), Ok(()), "a ban may come before a join");
+        assert_eq!(
+            permitted(Ban, Some(Operator), None),
+            Ok(()),
+            "a ban may come before a join"
+        );
         assert_eq!(permitted(Unban, Some(Operator), None), Ok(()));
         for target in [Operator, Owner] {
             assert_eq!(permitted(Kick, Some(Operator), Some(target)), Err(Denied::Outranked));
