@@ -8,7 +8,9 @@
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::BytesMut;
 use im_proto::frame::{Frame, FrameDecoder, FrameError};
@@ -22,6 +24,8 @@ use crate::store::accounts::TicketRecord;
 
 /// Read chunk reserved when data is ready.
 const READ_CHUNK: usize = 4096;
+/// Input buffered while a write is blocked; past this the peer must wait for us.
+const MAX_INPUT_WHILE_WRITING: usize = 256 * 1024;
 /// A write buffer grown past this by a burst is freed rather than kept.
 const KEEP_WRITE_BUFFER: usize = 16 * 1024;
 
@@ -145,12 +149,37 @@ impl<S: ByteStream> Transport<S> {
         self.after_read(n, session)
     }
 
-    /// Writes everything queued in `wbuf` in one go, then frees a buffer a burst grew.
+    /// Writes everything queued in `wbuf`, then frees a buffer a burst grew.
+    ///
+    /// While the peer is not taking our bytes, this keeps taking theirs (up to
+    /// [`MAX_INPUT_WHILE_WRITING`]): a client that is itself blocked writing, say acks during
+    /// a long catch-up, would otherwise deadlock with us. What it reads stays buffered for
+    /// the session to handle next.
     pub async fn flush(&mut self) -> Result<(), ConnError> {
-        if !self.wbuf.is_empty() {
-            self.stream.write_all(&self.wbuf).await?;
-            self.wbuf.clear();
-        }
+        let mut pos = 0;
+        let mut peer_done = false;
+        std::future::poll_fn(|cx| {
+            while pos < self.wbuf.len() {
+                match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf[pos..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero))),
+                    Poll::Ready(Ok(n)) => pos += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending if peer_done || self.rbuf.len() >= MAX_INPUT_WHILE_WRITING => return Poll::Pending,
+                    Poll::Pending => {
+                        self.rbuf.reserve(READ_CHUNK);
+                        match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf) {
+                            Poll::Ready(Ok(0)) => peer_done = true,
+                            Poll::Ready(Ok(_)) => {}
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                            Poll::Pending => return Poll::Pending,
+                        }
+                    }
+                }
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await?;
+        self.wbuf.clear();
         if self.wbuf.capacity() > KEEP_WRITE_BUFFER {
             self.wbuf = Vec::new();
         }

@@ -34,25 +34,29 @@ pub struct Outbox {
     pub device: DeviceId,
     tx: mpsc::Sender<Arc<ServerMsg>>,
     overflow: CancellationToken,
+    revoked: CancellationToken,
 }
 
-/// The connection's end: it drains `rx` and ends itself when `overflow` fires.
+/// The connection's end: it drains `rx` and ends itself when `overflow` (too slow) or
+/// `revoked` (its device was revoked) fires.
 pub struct Inbox {
     pub rx: mpsc::Receiver<Arc<ServerMsg>>,
     pub overflow: CancellationToken,
+    pub revoked: CancellationToken,
 }
 
 pub fn outbox(conn: ConnId, device: DeviceId, depth: usize) -> (Outbox, Inbox) {
     let (tx, rx) = mpsc::channel(depth.max(1));
-    let overflow = CancellationToken::new();
+    let (overflow, revoked) = (CancellationToken::new(), CancellationToken::new());
     (
         Outbox {
             conn,
             device,
             tx,
             overflow: overflow.clone(),
+            revoked: revoked.clone(),
         },
-        Inbox { rx, overflow },
+        Inbox { rx, overflow, revoked },
     )
 }
 
@@ -78,6 +82,8 @@ pub trait Router: Send + Sync + 'static {
     /// number of connections that took it.
     fn push_to_user(&self, user: &UserName, msg: &Arc<ServerMsg>, except_device: Option<DeviceId>) -> usize;
     fn is_online(&self, user: &UserName) -> bool;
+    /// Ends every connection of `user`'s `device` (the device was revoked). Returns how many.
+    fn revoke_device(&self, user: &UserName, device: DeviceId) -> usize;
     /// Connections counted by the router: for status and metrics.
     fn connections(&self) -> usize;
 }
@@ -115,6 +121,15 @@ impl Router for LocalRouter {
 
     fn is_online(&self, user: &UserName) -> bool {
         self.users.read().unwrap_or_else(|p| p.into_inner()).contains_key(user)
+    }
+
+    fn revoke_device(&self, user: &UserName, device: DeviceId) -> usize {
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+        let Some(list) = users.get(user) else { return 0 };
+        list.iter()
+            .filter(|o| o.device == device)
+            .inspect(|o| o.revoked.cancel())
+            .count()
     }
 
     fn connections(&self) -> usize {

@@ -130,6 +130,8 @@ pub async fn serve<S: ByteStream>(stream: S, ip: IpAddr, shared: Arc<Shared>, un
     crate::social::connected(&shared, &login).await;
     let mut s = Live::new(login, shared.clone());
     let end = s.run(&mut t, &mut session, inbox).await;
+    // Acks that arrived while we were writing still count, however the session ended.
+    s.drain_acks(&mut t, &mut session);
     if end.code == ErrorCode::QueueOverflow {
         crate::metrics::queue_overflow();
     }
@@ -538,20 +540,9 @@ impl Live {
         let shutdown = self.shared.shutdown.clone();
         let ping_interval = self.shared.config.limits.ping_interval();
         loop {
-            let keepalive = self.last_rx + ping_interval * if self.ping_out.is_some() { 2 } else { 1 };
-            let step: Result<(), End> = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return End::new(ErrorCode::ShuttingDown, "server shutting down"),
-                _ = inbox.overflow.cancelled() => return End::new(ErrorCode::QueueOverflow, "too slow to receive; reconnect to catch up"),
-                Some(reply) = self.pending.next(), if !self.pending.is_empty() => self.reply_sent(t, session, reply),
-                Some(push) = inbox.rx.recv() => self.pushes(t, session, push, &mut inbox),
-                r = t.read() => match r.map_err(ConnError::from).and_then(|n| t.after_read(n, session)) {
-                    Ok(()) => self.input(t, session).await,
-                    Err(e) => Err(e.into()),
-                },
-                _ = tokio::time::sleep_until(keepalive) => self.keepalive(t, session).await,
-            };
-            if let Err(end) = step {
+            // Handle what input is buffered (some may have arrived while we were writing, see
+            // Transport::flush), then write everything queued, then wait for the next event.
+            if let Err(end) = self.input(t, session).await {
                 return end;
             }
             // A peer that stops reading blocks this write once the socket buffers fill; its
@@ -564,6 +555,20 @@ impl Live {
             }
             if self.logged_out {
                 return End::new(ErrorCode::Normal, "logged out");
+            }
+            let keepalive = self.last_rx + ping_interval * if self.ping_out.is_some() { 2 } else { 1 };
+            let step: Result<(), End> = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return End::new(ErrorCode::ShuttingDown, "server shutting down"),
+                _ = inbox.overflow.cancelled() => return End::new(ErrorCode::QueueOverflow, "too slow to receive; reconnect to catch up"),
+                _ = inbox.revoked.cancelled() => return End::new(ErrorCode::Revoked, "this device was revoked"),
+                Some(reply) = self.pending.next(), if !self.pending.is_empty() => self.reply_sent(t, session, reply),
+                Some(push) = inbox.rx.recv() => self.pushes(t, session, push, &mut inbox),
+                r = t.read() => r.map_err(ConnError::from).and_then(|n| t.after_read(n, session)).map_err(End::from),
+                _ = tokio::time::sleep_until(keepalive) => self.keepalive(t, session).await,
+            };
+            if let Err(end) = step {
+                return end;
             }
         }
     }
@@ -649,9 +654,9 @@ impl Live {
 
     /// Handles every complete message that has arrived.
     async fn input<S: ByteStream>(&mut self, t: &mut Transport<S>, session: &mut Session) -> Result<(), End> {
-        self.last_rx = Instant::now();
-        self.ping_out = None;
         while let Some(incoming) = t.buffered(session)? {
+            self.last_rx = Instant::now();
+            self.ping_out = None;
             let plain = match incoming {
                 Incoming::Data(p) => Zeroizing::new(p.to_vec()),
                 Incoming::Close(_) => return Err(End::new(ErrorCode::Normal, "peer closed")),
@@ -679,6 +684,15 @@ impl Live {
         self.ping_out = Some(nonce);
         self.persist_cursor().await;
         queue(t, session, &ServerMsg::Ping { nonce })
+    }
+
+    /// Applies the acks still buffered when the session ends (the rest is dropped).
+    fn drain_acks<S: ByteStream>(&mut self, t: &mut Transport<S>, session: &mut Session) {
+        while let Ok(Some(Incoming::Data(plain))) = t.buffered(session) {
+            if let Ok(ClientMsg::Ack { up_to }) = ClientMsg::decode(&plain) {
+                self.ack(up_to);
+            }
+        }
     }
 
     async fn persist_cursor(&mut self) {
@@ -785,6 +799,7 @@ impl Live {
             ClientMsg::RevokeDevice { req, device_id } => {
                 let uid = self.id.uid;
                 if self.shared.db(move |a| a.remove_device(uid, device_id.get())).await? {
+                    self.shared.router.revoke_device(&self.id.user, device_id);
                     ServerMsg::Ok { req }
                 } else {
                     err(

@@ -260,6 +260,7 @@ pub enum StatusArg {
 #[derive(Debug, Args)]
 pub struct RoomUser {
     pub room: String,
+    #[arg(id = "member", value_name = "USER")] // not `user`: clap would overwrite the global --user with it
     pub user: String,
 }
 
