@@ -1,0 +1,313 @@
+//! The bounds each figure is judged against, measured in the same run on the server's CPUs:
+//! RSA-3072 signatures per second (handshakes), Argon2id verifications per second (password
+//! logins), the message log's own append rate (acknowledged messages), and the raw-send floor
+//! of a fan-out (room delivery).
+//!
+//! Each runs in a child process (`im-bench __sign-bound` and friends) started under `taskset`
+//! with the server's CPU list, so a bound is what the server's cores can do, not the bench's.
+//! A child prints one JSON line.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use im_proto::hostkey::RsaSigner;
+use im_proto::{Target, UserName};
+use im_server::store::messages::{MessageLog, NewMessage};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio::sync::{RwLock, mpsc};
+
+/// What a bound child prints.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Rate {
+    pub per_s: f64,
+    pub count: u64,
+    pub secs: f64,
+}
+
+/// A command for this executable, under `taskset -c CPUS` when given.
+fn self_command(cpus: Option<&str>) -> Result<Command> {
+    let exe = std::env::current_exe()?;
+    Ok(match cpus {
+        Some(c) => {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", c]).arg(exe);
+            cmd
+        }
+        None => Command::new(exe),
+    })
+}
+
+async fn run_rate(cpus: Option<&str>, args: &[String]) -> Result<Rate> {
+    let out = self_command(cpus)?
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .await
+        .context("running a bound")?;
+    if !out.status.success() {
+        bail!("bound {:?} failed", args.first());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).with_context(|| format!("bound printed {text:?}"))
+}
+
+/// RSA-PSS signatures per second with the server's host key, in `threads` threads.
+pub async fn sign(cpus: Option<&str>, key: &Path, threads: usize, secs: f64) -> Result<Rate> {
+    run_rate(
+        cpus,
+        &[
+            "__sign-bound".into(),
+            "--key".into(),
+            key.display().to_string(),
+            "--threads".into(),
+            threads.to_string(),
+            "--secs".into(),
+            secs.to_string(),
+        ],
+    )
+    .await
+}
+
+/// Argon2id verifications per second (the server's parameters), in `threads` threads.
+pub async fn argon2(cpus: Option<&str>, threads: usize, secs: f64) -> Result<Rate> {
+    run_rate(
+        cpus,
+        &[
+            "__argon2-bound".into(),
+            "--threads".into(),
+            threads.to_string(),
+            "--secs".into(),
+            secs.to_string(),
+        ],
+    )
+    .await
+}
+
+/// Appends per second to a fresh message log under `dir`, by `concurrency` appenders each
+/// writing direct messages of its own conversation, as the DM scenario's senders do.
+pub async fn store(cpus: Option<&str>, dir: &Path, concurrency: usize, secs: f64) -> Result<Rate> {
+    run_rate(
+        cpus,
+        &[
+            "__store-bound".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+            "--concurrency".into(),
+            concurrency.to_string(),
+            "--secs".into(),
+            secs.to_string(),
+        ],
+    )
+    .await
+}
+
+fn print_rate(count: u64, elapsed: Duration) -> Result<()> {
+    let secs = elapsed.as_secs_f64();
+    let r = Rate {
+        per_s: count as f64 / secs,
+        count,
+        secs,
+    };
+    println!("{}", serde_json::to_string(&r)?);
+    Ok(())
+}
+
+/// Runs `work` in `threads` threads for `secs`; returns the total count.
+fn threaded(threads: usize, secs: f64, work: impl Fn() + Send + Sync + 'static) -> (u64, Duration) {
+    let work = Arc::new(work);
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..threads.max(1))
+        .map(|_| {
+            let (work, stop, count) = (work.clone(), stop.clone(), count.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    work();
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    (count.load(Ordering::Relaxed), t0.elapsed())
+}
+
+/// `__sign-bound`
+pub fn sign_main(key: &Path, threads: usize, secs: f64) -> Result<()> {
+    let pem = std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?;
+    let signer = Arc::new(RsaSigner::from_pkcs8_pem(&pem)?);
+    let msg = [7u8; 48];
+    let (n, el) = threaded(threads, secs, move || {
+        std::hint::black_box(signer.sign(&mut rand::rng(), &msg));
+    });
+    print_rate(n, el)
+}
+
+/// `__argon2-bound`
+pub fn argon2_main(threads: usize, secs: f64) -> Result<()> {
+    let hash = Arc::new(im_server::auth::hash_blocking(crate::im::PASSWORD)?);
+    let (n, el) = threaded(threads, secs, move || {
+        assert!(im_server::auth::verify_blocking(crate::im::PASSWORD, &hash));
+    });
+    print_rate(n, el)
+}
+
+/// The DM scenario's conversation `p`: user `a{p}` to `b{p}`.
+pub fn dm_pair(p: usize) -> (UserName, UserName) {
+    (crate::seed::user_name("a", p), crate::seed::user_name("b", p))
+}
+
+/// A message text of `len` bytes.
+pub fn text(len: usize) -> String {
+    "x".repeat(len)
+}
+
+pub const TEXT_LEN: usize = 100;
+
+/// `__store-bound`
+pub async fn store_main(dir: &Path, concurrency: usize, secs: f64) -> Result<()> {
+    let tmp = tempfile::Builder::new().prefix("im-bench-store-").tempdir_in(dir)?;
+    let log = MessageLog::open(tmp.path())?;
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for p in 0..concurrency {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let (from, to) = dm_pair(p);
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                log.append(NewMessage {
+                    from: from.clone(),
+                    to: Target::User(to.clone()),
+                    client_id: format!("s-{p}-{n}"),
+                    action: false,
+                    text: text(TEXT_LEN),
+                    sender_device: p as u64 + 1,
+                })
+                .await?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    let el = t0.elapsed();
+    tokio::task::spawn_blocking(move || log.close()).await??;
+    print_rate(total, el)
+}
+
+// ---------------------------------------------------------------------------------------
+// The raw-send floor of a fan-out.
+
+/// Bytes of one floor message: about what a sealed room message is on the wire.
+pub const FLOOR_MSG_LEN: usize = 200;
+
+/// A running fan-out floor server (a child process on the server's CPUs).
+pub struct Floor {
+    pub addr: SocketAddr,
+    /// Killed on drop.
+    _child: Child,
+}
+
+impl Floor {
+    pub async fn start(cpus: Option<&str>) -> Result<Floor> {
+        let mut child = self_command(cpus)?
+            .arg("__fanout-floor")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next_line().await?.unwrap_or_default();
+        let addr = first
+            .strip_prefix("listening on ")
+            .with_context(|| format!("fan-out floor said {first:?}"))?
+            .parse()?;
+        Ok(Floor { addr, _child: child })
+    }
+}
+
+/// Who a floor connection is: its first byte.
+pub const FLOOR_MEMBER: u8 = b'M';
+pub const FLOOR_SENDER: u8 = b'S';
+/// The floor's answer to a member once it is registered.
+pub const FLOOR_READY: u8 = b'k';
+
+type Members = Arc<RwLock<Vec<mpsc::Sender<Arc<[u8]>>>>>;
+
+/// `__fanout-floor`: the least any server must do to deliver a room message: one small write
+/// to each member's socket, no crypto, no store. Each member connection has its own task and
+/// bounded queue, and a message is fanned out by pushing one shared buffer into every queue,
+/// as im-server's router does, so the writes spread over all worker threads. A sender
+/// connection writes 8-byte sequence numbers; each becomes one [`FLOOR_MSG_LEN`]-byte message
+/// to every member. Ends when stdin closes.
+pub async fn floor_main() -> Result<()> {
+    crate::sys::raise_nofile();
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    println!("listening on {}", listener.local_addr()?);
+    let members: Members = Arc::default();
+    tokio::spawn(async {
+        let mut stdin = tokio::io::stdin();
+        let mut b = [0u8; 64];
+        while matches!(stdin.read(&mut b).await, Ok(n) if n > 0) {}
+        std::process::exit(0);
+    });
+    loop {
+        let (mut s, _) = listener.accept().await?;
+        let _ = s.set_nodelay(true);
+        let members = members.clone();
+        tokio::spawn(async move {
+            let mut role = [0u8; 1];
+            s.read_exact(&mut role).await?;
+            match role[0] {
+                FLOOR_MEMBER => {
+                    let (tx, mut rx) = mpsc::channel::<Arc<[u8]>>(1024);
+                    members.write().await.push(tx);
+                    s.write_all(&[FLOOR_READY]).await?;
+                    let mut out = Vec::new();
+                    while let Some(m) = rx.recv().await {
+                        out.clear();
+                        out.extend_from_slice(&m);
+                        while let Ok(more) = rx.try_recv() {
+                            out.extend_from_slice(&more);
+                        }
+                        s.write_all(&out).await?;
+                    }
+                }
+                FLOOR_SENDER => {
+                    let mut seq = [0u8; 8];
+                    loop {
+                        s.read_exact(&mut seq).await?;
+                        let mut msg = vec![0u8; FLOOR_MSG_LEN];
+                        msg[..8].copy_from_slice(&seq);
+                        let msg: Arc<[u8]> = msg.into();
+                        for tx in members.read().await.iter() {
+                            let _ = tx.try_send(msg.clone());
+                        }
+                    }
+                }
+                _ => {}
+            }
+            anyhow::Ok(())
+        });
+    }
+}

@@ -1,0 +1,152 @@
+//! The open-loop send schedule: message k of a stream is due at a fixed time,
+//! `start + offset + k × interval`, whatever happened to earlier messages. Latency is measured
+//! from that intended time, not from when the sender got round to it, so a server that stalls
+//! cannot hide the stall by slowing the sender down (coordinated omission).
+//!
+//! A total rate is split over several streams (one per sending connection), each offset by a
+//! fraction of its interval so that the sends interleave evenly instead of arriving in bursts.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    start: Instant,
+    offset: Duration,
+    /// Whole nanoseconds, so that `at` and `due` agree exactly.
+    interval_ns: u64,
+    /// Messages in the stream.
+    total: u64,
+}
+
+impl Schedule {
+    /// Stream `index` of `streams` that together offer `total_rate` messages per second for
+    /// `secs`, starting at `start`.
+    pub fn for_stream(start: Instant, total_rate: f64, streams: usize, index: usize, secs: f64) -> Self {
+        let streams = streams.max(1);
+        let per_stream = (total_rate / streams as f64).max(1e-9);
+        let interval_ns = ((1e9 / per_stream).round() as u64).max(1);
+        let offset = Duration::from_nanos(interval_ns * index as u64 / streams as u64);
+        let total = (per_stream * secs).round().max(1.0) as u64;
+        Schedule {
+            start,
+            offset,
+            interval_ns,
+            total,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// When message `k` is due.
+    pub fn at(&self, k: u64) -> Instant {
+        self.start + self.offset + Duration::from_nanos(self.interval_ns.saturating_mul(k))
+    }
+
+    /// How many messages are due at `now` (messages 0 to n-1), at most `total`.
+    pub fn due(&self, now: Instant) -> u64 {
+        let first = self.start + self.offset;
+        if now < first {
+            return 0;
+        }
+        let elapsed = (now - first).as_nanos().min(u128::from(u64::MAX)) as u64;
+        (elapsed / self.interval_ns + 1).min(self.total)
+    }
+
+    /// The latency of message `k` observed at `now`, measured from when it was due.
+    pub fn latency(&self, k: u64, now: Instant) -> Duration {
+        now.saturating_duration_since(self.at(k))
+    }
+}
+
+/// Drives a sender: waits until at least one message is due, then says which ones to send now
+/// (all that are due, so a sender that fell behind catches up in one batch rather than drifting).
+pub struct Pacer {
+    schedule: Schedule,
+    next: u64,
+}
+
+impl Pacer {
+    pub fn new(schedule: Schedule) -> Self {
+        Pacer { schedule, next: 0 }
+    }
+
+    /// The range of message numbers to send now; `None` when the stream is done.
+    pub async fn next_batch(&mut self) -> Option<std::ops::Range<u64>> {
+        if self.next >= self.schedule.total {
+            return None;
+        }
+        let due = self.schedule.due(Instant::now());
+        if due <= self.next {
+            tokio::time::sleep_until(self.schedule.at(self.next)).await;
+        }
+        let due = self.schedule.due(Instant::now()).max(self.next + 1);
+        let batch = self.next..due;
+        self.next = due;
+        Some(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_share_the_rate_and_interleave() {
+        let t0 = Instant::now();
+        // 1,000 msg/s over 4 streams: each sends every 4 ms, offset by 1 ms from the last.
+        let s: Vec<_> = (0..4).map(|i| Schedule::for_stream(t0, 1000.0, 4, i, 2.0)).collect();
+        for (i, sch) in s.iter().enumerate() {
+            assert_eq!(sch.total(), 500);
+            assert_eq!(sch.at(0) - t0, Duration::from_millis(i as u64));
+            assert_eq!(sch.at(10) - sch.at(9), Duration::from_millis(4));
+        }
+        let total: u64 = s.iter().map(|x| x.total()).sum();
+        assert_eq!(total, 2000);
+    }
+
+    #[test]
+    fn due_counts_match_the_intended_times() {
+        let t0 = Instant::now();
+        let s = Schedule::for_stream(t0, 100.0, 1, 0, 1.0); // every 10 ms
+        assert_eq!(s.due(t0), 1); // message 0 is due at the start
+        assert_eq!(s.due(t0 + Duration::from_micros(9_999)), 1);
+        assert_eq!(s.due(t0 + Duration::from_millis(10)), 2);
+        assert_eq!(s.due(t0 + Duration::from_secs(60)), 100); // capped at the total
+        for k in 0..100 {
+            assert_eq!(s.due(s.at(k)), k + 1);
+        }
+    }
+
+    #[test]
+    fn latency_counts_from_the_intended_time_not_the_actual_send() {
+        let t0 = Instant::now();
+        let s = Schedule::for_stream(t0, 100.0, 1, 0, 1.0);
+        // A stalled sender sends message 5 (due at 50 ms) only at 300 ms, and its reply comes
+        // at 301 ms: the latency is 251 ms, not 1 ms.
+        let reply = t0 + Duration::from_millis(301);
+        assert_eq!(s.latency(5, reply), Duration::from_millis(251));
+        // A reply "before" its due time (clock granularity) is zero, never negative.
+        assert_eq!(s.latency(50, t0), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pacer_sends_in_schedule_and_catches_up_in_one_batch() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(Schedule::for_stream(t0, 100.0, 1, 0, 0.1)); // 10 messages
+        assert_eq!(p.next_batch().await, Some(0..1));
+        assert_eq!(p.next_batch().await, Some(1..2));
+        assert_eq!(Instant::now() - t0, Duration::from_millis(10));
+        // The sender stalls for 45 ms: messages 2 to 5 are overdue and come as one batch.
+        tokio::time::sleep(Duration::from_millis(45)).await;
+        assert_eq!(p.next_batch().await, Some(2..6));
+        let mut rest = Vec::new();
+        while let Some(b) = p.next_batch().await {
+            rest.extend(b);
+        }
+        assert_eq!(rest, vec![6, 7, 8, 9]);
+    }
+}
