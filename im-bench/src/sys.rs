@@ -124,29 +124,9 @@ fn parse_vmrss(status: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Raises the soft open-files limit to the hard limit; returns it.
-pub fn raise_nofile() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write the struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim.rlim_cur = lim.rlim_max;
-            }
-        }
-    }
-    lim.rlim_cur
-}
+/// Raises the soft open-files limit to the hard limit; returns it. The server's own function:
+/// the bench holds as many sockets as the server does.
+pub use im_server::server::raise_nofile_limit as raise_nofile;
 
 /// The machine, for the head of a report: CPU model, CPUs, memory, kernel, load.
 pub fn machine() -> String {

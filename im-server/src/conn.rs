@@ -126,9 +126,7 @@ impl<S: ByteStream> Transport<S> {
     /// The next opened record, if one is already buffered (no waiting).
     pub fn buffered(&mut self, session: &mut Session) -> Result<Option<Incoming>, ConnError> {
         let r = session.read(&mut self.rbuf)?;
-        if r.is_none() {
-            self.release_read();
-        }
+        self.release_read();
         Ok(r)
     }
 

@@ -97,7 +97,9 @@ pub async fn serve<S: ByteStream>(stream: S, ip: IpAddr, shared: Arc<Shared>, un
     let mut gauge = crate::metrics::ConnectionGauge::handshaking();
     let mut t = Transport::new(stream);
     let deadline = Instant::now() + shared.config.limits.login_timeout();
-    let est = match tokio::time::timeout_at(deadline, handshake(&mut t, &shared, ip)).await {
+    // The handshake's and login's state are boxed so that they do not stay inline in this
+    // long-lived future (and in every idle connection's memory) after they are done.
+    let est = match tokio::time::timeout_at(deadline, Box::pin(handshake(&mut t, &shared, ip))).await {
         Ok(Ok(est)) => est,
         Ok(Err(e)) => {
             tracing::debug!(%ip, error = %e, "handshake failed");
@@ -114,7 +116,7 @@ pub async fn serve<S: ByteStream>(stream: S, ip: IpAddr, shared: Arc<Shared>, un
         ticket,
     } = est;
     let login = tokio::select! {
-        r = tokio::time::timeout_at(deadline, login(&mut t, &mut session, &shared, ip, &exporter, ticket)) => match r {
+        r = tokio::time::timeout_at(deadline, Box::pin(login(&mut t, &mut session, &shared, ip, &exporter, ticket))) => match r {
             Ok(Ok(Some(id))) => id,
             Ok(Ok(None)) => return,
             Ok(Err(end)) => return close(&mut t, &mut session, end).await,
@@ -662,6 +664,10 @@ impl Live {
                 Incoming::Close(_) => return Err(End::new(ErrorCode::Normal, "peer closed")),
             };
             match decode(&plain) {
+                Ok(ClientMsg::Pong { .. }) => {
+                    // The answer to our keepalive Ping: the connection is idle again.
+                    session.release();
+                }
                 Ok(msg) => {
                     if let Some(reply) = self.handle(msg).await? {
                         queue(t, session, &reply)?;
@@ -678,12 +684,14 @@ impl Live {
         if self.ping_out.is_some() {
             return Err(End::new(ErrorCode::IdleTimeout, "no answer to ping"));
         }
-        // Quiet for a whole interval: free the expanded key schedules until the next record.
-        session.release();
         let nonce = rand::random::<u64>();
         self.ping_out = Some(nonce);
         self.persist_cursor().await;
-        queue(t, session, &ServerMsg::Ping { nonce })
+        queue(t, session, &ServerMsg::Ping { nonce })?;
+        // Quiet for a whole interval: free the expanded key schedules (after sealing the Ping,
+        // which needs one) until the next record.
+        session.release();
+        Ok(())
     }
 
     /// Applies the acks still buffered when the session ends (the rest is dropped).
