@@ -5,7 +5,7 @@
 //! Checked, and reported as counts: no error reply and no connection closed by the server;
 //! every acknowledged direct message delivered to its recipient; every acknowledged room
 //! message delivered to every member who stayed the whole time; the server's RSS sampled
-//! every second (its growth from the start of the load to the end).
+//! every second (its growth over the run, and over its second half alone).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -234,6 +234,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
         samples.last().copied().unwrap_or(0),
     );
     let max = samples.iter().copied().max().unwrap_or(0);
+    let half = samples.get(samples.len() / 2).copied().unwrap_or(0);
     let v = format!("secs={secs:.0}");
     let r = &mut ctx.report;
     r.add(&v, "errors", health.errors.load(Ordering::Relaxed) as f64, Unit::Count);
@@ -264,6 +265,8 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
     r.add(&v, "rss_end", last as f64, Unit::Bytes);
     r.add(&v, "rss_max", max as f64, Unit::Bytes);
     r.add(&v, "rss_growth", last as f64 - first as f64, Unit::Bytes);
+    // Flat means the second half adds (next to) nothing.
+    r.add(&v, "rss_growth_second_half", last as f64 - half as f64, Unit::Bytes);
     if let Some(e) = health.first.lock().ok().and_then(|f| f.clone()) {
         eprintln!("first problem: {e}");
     }
