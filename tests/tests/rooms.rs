@@ -22,24 +22,6 @@ fn texts(values: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// Waits until `observer` sees `user` online in `room`: their listener is connected, so what
-/// happens next reaches it live.
-fn wait_online(observer: &Client, room: &str, user: &str) {
-    wait_for(&format!("{user} online in {room}"), || {
-        observer
-            .cmd(&["--json", "members", room])
-            .ok()
-            .json()
-            .iter()
-            .any(|m| m["user"] == user && m["online"] == true)
-    });
-}
-
-fn listen(c: &Client, count: usize) -> Background {
-    c.command(&["--json", "listen", "--count", &count.to_string(), "--timeout", "20"])
-        .spawn()
-}
-
 #[test]
 fn three_members_receive_live_and_an_offline_member_catches_up() {
     let server = Server::start_with_config(Some(CONFIG));

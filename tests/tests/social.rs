@@ -51,23 +51,6 @@ fn presence(viewer: &Client, user: &str) -> (String, Option<String>) {
     )
 }
 
-/// Waits until `observer` sees `user` online in `room`.
-fn wait_online(observer: &Client, room: &str, user: &str) {
-    wait_for(&format!("{user} online in {room}"), || {
-        observer
-            .cmd(&["--json", "members", room])
-            .ok()
-            .json()
-            .iter()
-            .any(|m| m["user"] == user && m["online"] == true)
-    });
-}
-
-fn listen(c: &Client, count: usize) -> Background {
-    c.command(&["--json", "listen", "--count", &count.to_string(), "--timeout", "20"])
-        .spawn()
-}
-
 #[test]
 fn an_accepted_contact_sees_presence_and_a_stranger_does_not() {
     let server = Server::start_with_config(Some(CONFIG));

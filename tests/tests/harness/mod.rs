@@ -468,3 +468,22 @@ pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Waits until `observer` sees `user` online in `room`: their listener is connected, so what
+/// happens next reaches it live.
+pub fn wait_online(observer: &Client, room: &str, user: &str) {
+    wait_for(&format!("{user} online in {room}"), || {
+        observer
+            .cmd(&["--json", "members", room])
+            .ok()
+            .json()
+            .iter()
+            .any(|m| m["user"] == user && m["online"] == true)
+    });
+}
+
+/// `listen --json --count N --timeout 20` in the background.
+pub fn listen(c: &Client, count: usize) -> Background {
+    c.command(&["--json", "listen", "--count", &count.to_string(), "--timeout", "20"])
+        .spawn()
+}
