@@ -2,8 +2,8 @@
 //! coalesced records, and the server side of the handshake.
 //!
 //! Memory is what limits idle connections, so an idle connection holds no read or write
-//! buffer: reads wait for readiness first and only then reserve space, and both buffers are
-//! dropped once drained.
+//! buffer: reads wait for readiness and go through the stack until bytes arrive, and both
+//! buffers are dropped once drained.
 
 use std::future::Future;
 use std::io;
@@ -42,8 +42,16 @@ impl ByteStream for tokio::net::TcpStream {
     async fn read_ready(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         loop {
             self.readable().await?;
-            buf.reserve(READ_CHUNK);
-            match self.try_read_buf(buf) {
+            // Readiness can be stale (the last read did not drain the socket), so an empty
+            // buffer reads into the stack first and gets heap space only once bytes are there.
+            let r = if buf.is_empty() {
+                let mut chunk = [0u8; READ_CHUNK];
+                self.try_read(&mut chunk).inspect(|&n| buf.extend_from_slice(&chunk[..n]))
+            } else {
+                buf.reserve(READ_CHUNK);
+                self.try_read_buf(buf)
+            };
+            match r {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 r => return r,
             }
