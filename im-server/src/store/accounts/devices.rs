@@ -12,7 +12,7 @@ use im_proto::limits::TICKET_ID_LEN;
 use rusqlite::{OptionalExtension, params};
 use zeroize::Zeroizing;
 
-use super::{Accounts, AccountsError, DbUserName, Result, UserId, device_id_of, device_key, ensure_user};
+use super::{Accounts, AccountsError, Cached, DbUserName, Result, UserId, device_id_of, device_key, ensure_user};
 
 /// Bytes of a ticket's secret.
 pub const TICKET_SECRET_LEN: usize = 32;
@@ -83,7 +83,7 @@ impl fmt::Debug for Hex<'_> {
 
 fn device_exists(c: &rusqlite::Connection, user: UserId, device_id: u64) -> Result<bool> {
     let found = c
-        .query_row(
+        .row(
             "SELECT 1 FROM devices WHERE user_id = ?1 AND device_id = ?2",
             params![user.0, device_key(device_id)],
             |_| Ok(()),
@@ -99,7 +99,7 @@ impl Accounts {
         self.write(|c| {
             ensure_user(c, user)?;
             let created = !device_exists(c, user, device_id)?;
-            c.execute(
+            c.exec(
                 "INSERT INTO devices (user_id, device_id, name, created_ms, last_seen_ms)
                  VALUES (?1, ?2, ?3, ?4, ?4)
                  ON CONFLICT (user_id, device_id) DO UPDATE
@@ -113,7 +113,7 @@ impl Accounts {
     /// The user's devices, oldest first.
     pub fn devices(&self, user: UserId) -> Result<Vec<DeviceRecord>> {
         self.read(|c| {
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare_cached(
                 "SELECT device_id, name, created_ms, last_seen_ms, cursor FROM devices
                  WHERE user_id = ?1 ORDER BY created_ms, device_id",
             )?;
@@ -134,7 +134,7 @@ impl Accounts {
     pub fn remove_device(&self, user: UserId, device_id: u64) -> Result<bool> {
         self.write(|c| {
             // The tickets go by the foreign key's cascade.
-            let n = c.execute(
+            let n = c.exec(
                 "DELETE FROM devices WHERE user_id = ?1 AND device_id = ?2",
                 params![user.0, device_key(device_id)],
             )?;
@@ -145,7 +145,7 @@ impl Accounts {
     /// The device's delivery cursor; `None` for an unknown device.
     pub fn cursor(&self, user: UserId, device_id: u64) -> Result<Option<u64>> {
         self.read(|c| {
-            Ok(c.query_row(
+            Ok(c.row(
                 "SELECT cursor FROM devices WHERE user_id = ?1 AND device_id = ?2",
                 params![user.0, device_key(device_id)],
                 |r| r.get(0),
@@ -159,7 +159,7 @@ impl Accounts {
     pub fn advance_cursor(&self, user: UserId, device_id: u64, up_to: u64) -> Result<u64> {
         self.write(|c| {
             let cursor = c
-                .query_row(
+                .row(
                     "UPDATE devices SET cursor = max(cursor, ?3)
                      WHERE user_id = ?1 AND device_id = ?2 RETURNING cursor",
                     params![user.0, device_key(device_id), up_to],
@@ -177,7 +177,7 @@ impl Accounts {
             if !device_exists(c, ticket.user, ticket.device_id)? {
                 return Err(AccountsError::NotFound("device"));
             }
-            let n = c.execute(
+            let n = c.exec(
                 "INSERT INTO tickets (id, user_id, device_id, secret, expires_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
                 params![
@@ -199,7 +199,7 @@ impl Accounts {
     /// The ticket with this id, unless it has expired (`expires_ms <= now_ms`) or was revoked.
     pub fn ticket(&self, id: &[u8; TICKET_ID_LEN], now_ms: u64) -> Result<Option<TicketRecord>> {
         self.read(|c| {
-            Ok(c.query_row(
+            Ok(c.row(
                 "SELECT t.user_id, u.name, t.device_id, t.secret, t.expires_ms
                  FROM tickets t JOIN users u ON u.id = t.user_id
                  WHERE t.id = ?1 AND t.expires_ms > ?2",
@@ -232,13 +232,13 @@ impl Accounts {
     /// Revokes one ticket (a ticket that has been used, when tickets are single-use). False if
     /// there was none.
     pub fn delete_ticket(&self, id: &[u8; TICKET_ID_LEN]) -> Result<bool> {
-        self.write(|c| Ok(c.execute("DELETE FROM tickets WHERE id = ?1", params![&id[..]])? > 0))
+        self.write(|c| Ok(c.exec("DELETE FROM tickets WHERE id = ?1", params![&id[..]])? > 0))
     }
 
     /// Revokes the device's tickets (logout). Returns how many there were.
     pub fn delete_tickets_of_device(&self, user: UserId, device_id: u64) -> Result<u64> {
         self.write(|c| {
-            let n = c.execute(
+            let n = c.exec(
                 "DELETE FROM tickets WHERE user_id = ?1 AND device_id = ?2",
                 params![user.0, device_key(device_id)],
             )?;
@@ -250,7 +250,7 @@ impl Accounts {
     /// made from that device). Returns how many there were.
     pub fn delete_tickets_except_device(&self, user: UserId, keep_device: u64) -> Result<u64> {
         self.write(|c| {
-            let n = c.execute(
+            let n = c.exec(
                 "DELETE FROM tickets WHERE user_id = ?1 AND device_id <> ?2",
                 params![user.0, device_key(keep_device)],
             )?;
@@ -260,12 +260,12 @@ impl Accounts {
 
     /// Revokes every ticket of the user (a password reset by the administrator).
     pub fn delete_tickets_of_user(&self, user: UserId) -> Result<u64> {
-        self.write(|c| Ok(c.execute("DELETE FROM tickets WHERE user_id = ?1", params![user.0])? as u64))
+        self.write(|c| Ok(c.exec("DELETE FROM tickets WHERE user_id = ?1", params![user.0])? as u64))
     }
 
     /// Deletes the tickets expired at `now_ms`. Returns how many.
     pub fn purge_expired_tickets(&self, now_ms: u64) -> Result<u64> {
-        self.write(|c| Ok(c.execute("DELETE FROM tickets WHERE expires_ms <= ?1", params![now_ms])? as u64))
+        self.write(|c| Ok(c.exec("DELETE FROM tickets WHERE expires_ms <= ?1", params![now_ms])? as u64))
     }
 }
 

@@ -48,6 +48,9 @@ pub use users::{UserKey, UserRecord};
 /// second server thread) before giving up with `SQLITE_BUSY`.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Prepared statements kept per connection: more than the store has, so none is parsed twice.
+const STATEMENT_CACHE: usize = 128;
+
 /// Unix permissions of the database file (and, because SQLite copies them, of its `-wal` and
 /// `-shm` files): it holds password hashes and ticket secrets.
 pub const FILE_MODE: u32 = 0o600;
@@ -131,6 +134,7 @@ impl Accounts {
         )
         .map_err(|e| file_error(path, e))?;
         let mut conn = schema::prepare(conn, path).map_err(|e| file_error_of(path, e))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         schema::migrate(&mut conn, path).map_err(|e| file_error_of(path, e))?;
         Ok(Accounts {
             conn: Mutex::new(conn),
@@ -319,11 +323,35 @@ fn device_id_of(key: i64) -> u64 {
     key.cast_unsigned()
 }
 
+/// `query_row` and `execute` through the connection's statement cache: the message path runs
+/// the same few statements on every send, and parsing them each time showed in profiles.
+trait Cached {
+    fn row<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+}
+
+impl Cached for Connection {
+    fn row<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+}
+
 /// Fails with `NotFound("user")` unless the user exists. Inside a write transaction this is
 /// race-free; the foreign keys are the backstop.
 fn ensure_user(conn: &Connection, user: UserId) -> Result<()> {
     let found = conn
-        .query_row("SELECT 1 FROM users WHERE id = ?1", params![user.0], |_| Ok(()))
+        .row("SELECT 1 FROM users WHERE id = ?1", params![user.0], |_| Ok(()))
         .optional()?;
     found.ok_or(AccountsError::NotFound("user"))
 }

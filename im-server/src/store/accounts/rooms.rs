@@ -8,7 +8,7 @@ use im_proto::{RoomName, UserName};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Accounts, AccountsError, DbRoomName, DbUserName, Result, UserId, ensure_user};
+use super::{Accounts, AccountsError, Cached, DbRoomName, DbUserName, Result, UserId, ensure_user};
 
 /// A member's standing in a room, lowest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -83,7 +83,7 @@ pub struct RoomMember {
 
 fn room_id(c: &Connection, room: &RoomName) -> Result<Option<i64>> {
     Ok(
-        c.query_row("SELECT id FROM rooms WHERE name = ?1", params![room.as_str()], |r| {
+        c.row("SELECT id FROM rooms WHERE name = ?1", params![room.as_str()], |r| {
             r.get(0)
         })
         .optional()?,
@@ -95,7 +95,7 @@ fn existing_room(c: &Connection, room: &RoomName) -> Result<i64> {
 }
 
 fn role_in(c: &Connection, room: i64, user: UserId) -> Result<Option<Role>> {
-    Ok(c.query_row(
+    Ok(c.row(
         "SELECT role FROM memberships WHERE room_id = ?1 AND user_id = ?2",
         params![room, user.0],
         |r| r.get(0),
@@ -105,7 +105,7 @@ fn role_in(c: &Connection, room: i64, user: UserId) -> Result<Option<Role>> {
 
 fn banned_in(c: &Connection, room: i64, user: UserId) -> Result<bool> {
     let found = c
-        .query_row(
+        .row(
             "SELECT 1 FROM bans WHERE room_id = ?1 AND user_id = ?2",
             params![room, user.0],
             |_| Ok(()),
@@ -124,7 +124,7 @@ impl Accounts {
             let (id, created) = match room_id(c, room)? {
                 Some(id) => (id, false),
                 None => {
-                    let id = c.query_row(
+                    let id = c.row(
                         "INSERT INTO rooms (name, created_ms) VALUES (?1, ?2) RETURNING id",
                         params![room.as_str(), now_ms],
                         |r| r.get(0),
@@ -142,13 +142,13 @@ impl Accounts {
                     role,
                 });
             }
-            let empty: bool = c.query_row(
+            let empty: bool = c.row(
                 "SELECT NOT EXISTS (SELECT 1 FROM memberships WHERE room_id = ?1)",
                 params![id],
                 |r| r.get(0),
             )?;
             let role = if empty { Role::Owner } else { Role::Member };
-            c.execute(
+            c.exec(
                 "INSERT INTO memberships (room_id, user_id, role, joined_at_msg_id, joined_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![id, user.0, role, joined_at_msg_id, now_ms],
@@ -164,7 +164,7 @@ impl Accounts {
     /// Takes the user out of the room: leaving, or being kicked. False if they were not in it.
     pub fn leave_room(&self, room: &RoomName, user: UserId) -> Result<bool> {
         self.write(|c| {
-            let n = c.execute(
+            let n = c.exec(
                 "DELETE FROM memberships
                  WHERE room_id = (SELECT id FROM rooms WHERE name = ?1) AND user_id = ?2",
                 params![room.as_str(), user.0],
@@ -176,7 +176,7 @@ impl Accounts {
     /// Every room with its member count and topic, by name (empty rooms included).
     pub fn rooms(&self) -> Result<Vec<RoomSummary>> {
         self.read(|c| {
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare_cached(
                 "SELECT r.name, (SELECT count(*) FROM memberships m WHERE m.room_id = r.id), r.topic
                  FROM rooms r ORDER BY r.name",
             )?;
@@ -194,7 +194,7 @@ impl Accounts {
     /// The rooms the user is in, by name.
     pub fn rooms_of(&self, user: UserId) -> Result<Vec<Membership>> {
         self.read(|c| {
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare_cached(
                 "SELECT r.name, m.joined_at_msg_id, m.role
                  FROM memberships m JOIN rooms r ON r.id = m.room_id
                  WHERE m.user_id = ?1 ORDER BY r.name",
@@ -214,7 +214,7 @@ impl Accounts {
     pub fn members(&self, room: &RoomName) -> Result<Vec<RoomMember>> {
         self.read(|c| {
             let id = existing_room(c, room)?;
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare_cached(
                 "SELECT u.id, u.name, m.role FROM memberships m JOIN users u ON u.id = m.user_id
                  WHERE m.room_id = ?1 ORDER BY u.name",
             )?;
@@ -240,7 +240,7 @@ impl Accounts {
     /// Sets or clears the room's topic.
     pub fn set_topic(&self, room: &RoomName, topic: Option<&str>) -> Result<()> {
         self.write(|c| {
-            let n = c.execute(
+            let n = c.exec(
                 "UPDATE rooms SET topic = ?2 WHERE name = ?1",
                 params![room.as_str(), topic],
             )?;
@@ -256,7 +256,7 @@ impl Accounts {
     pub fn topic(&self, room: &RoomName) -> Result<Option<String>> {
         self.read(|c| {
             let topic = c
-                .query_row("SELECT topic FROM rooms WHERE name = ?1", params![room.as_str()], |r| {
+                .row("SELECT topic FROM rooms WHERE name = ?1", params![room.as_str()], |r| {
                     r.get(0)
                 })
                 .optional()?;
@@ -267,7 +267,7 @@ impl Accounts {
     /// Changes a member's role; [`AccountsError::NotFound`] if they are not in the room.
     pub fn set_role(&self, room: &RoomName, user: UserId, role: Role) -> Result<()> {
         self.write(|c| {
-            let n = c.execute(
+            let n = c.exec(
                 "UPDATE memberships SET role = ?3
                  WHERE room_id = (SELECT id FROM rooms WHERE name = ?1) AND user_id = ?2",
                 params![room.as_str(), user.0, role],
@@ -287,11 +287,11 @@ impl Accounts {
             let id = existing_room(c, room)?;
             ensure_user(c, user)?;
             ensure_user(c, by)?;
-            c.execute(
+            c.exec(
                 "DELETE FROM memberships WHERE room_id = ?1 AND user_id = ?2",
                 params![id, user.0],
             )?;
-            let n = c.execute(
+            let n = c.exec(
                 "INSERT INTO bans (room_id, user_id, by_user, banned_ms) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT DO NOTHING",
                 params![id, user.0, by.0, now_ms],
@@ -303,7 +303,7 @@ impl Accounts {
     /// Lifts a ban. False if the user was not banned.
     pub fn unban(&self, room: &RoomName, user: UserId) -> Result<bool> {
         self.write(|c| {
-            let n = c.execute(
+            let n = c.exec(
                 "DELETE FROM bans
                  WHERE room_id = (SELECT id FROM rooms WHERE name = ?1) AND user_id = ?2",
                 params![room.as_str(), user.0],
@@ -324,7 +324,7 @@ impl Accounts {
     pub fn banned(&self, room: &RoomName) -> Result<Vec<UserName>> {
         self.read(|c| {
             let id = existing_room(c, room)?;
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare_cached(
                 "SELECT u.name FROM bans b JOIN users u ON u.id = b.user_id
                  WHERE b.room_id = ?1 ORDER BY u.name",
             )?;
@@ -334,6 +334,6 @@ impl Accounts {
     }
 
     pub fn count_rooms(&self) -> Result<u64> {
-        self.read(|c| Ok(c.query_row("SELECT count(*) FROM rooms", [], |r| r.get(0))?))
+        self.read(|c| Ok(c.row("SELECT count(*) FROM rooms", [], |r| r.get(0))?))
     }
 }

@@ -7,7 +7,7 @@
 use im_proto::UserName;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Accounts, AccountsError, DbUserName, Result, UserId, ensure_user};
+use super::{Accounts, AccountsError, Cached, DbUserName, Result, UserId, ensure_user};
 
 /// Where a contact stands, seen from one side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,7 +43,7 @@ pub struct Contact {
 
 /// The row between two users, if any: (who asked, accepted).
 fn pair(c: &Connection, a: UserId, b: UserId) -> Result<Option<(UserId, bool)>> {
-    Ok(c.query_row(
+    Ok(c.row(
         "SELECT from_user, accepted FROM contacts
          WHERE (from_user = ?1 AND to_user = ?2) OR (from_user = ?2 AND to_user = ?1)",
         params![a.0, b.0],
@@ -71,14 +71,14 @@ impl Accounts {
                 Some((_, true)) => ContactOutcome::AlreadyContacts,
                 Some((asker, false)) if asker == from => ContactOutcome::AlreadyRequested,
                 Some(_) => {
-                    c.execute(
+                    c.exec(
                         "UPDATE contacts SET accepted = 1 WHERE from_user = ?1 AND to_user = ?2",
                         params![to.0, from.0],
                     )?;
                     ContactOutcome::Accepted
                 }
                 None => {
-                    c.execute(
+                    c.exec(
                         "INSERT INTO contacts (from_user, to_user) VALUES (?1, ?2)",
                         params![from.0, to.0],
                     )?;
@@ -91,7 +91,7 @@ impl Accounts {
     /// Accepts `other`'s request to `me`. False if there was no such pending request.
     pub fn contact_accept(&self, me: UserId, other: UserId) -> Result<bool> {
         self.write(|c| {
-            let n = c.execute(
+            let n = c.exec(
                 "UPDATE contacts SET accepted = 1
                  WHERE from_user = ?1 AND to_user = ?2 AND accepted = 0",
                 params![other.0, me.0],
@@ -104,7 +104,7 @@ impl Accounts {
     /// this also declines and withdraws). False if there was nothing.
     pub fn contact_remove(&self, me: UserId, other: UserId) -> Result<bool> {
         self.write(|c| {
-            let n = c.execute(
+            let n = c.exec(
                 "DELETE FROM contacts
                  WHERE (from_user = ?1 AND to_user = ?2) OR (from_user = ?2 AND to_user = ?1)",
                 params![me.0, other.0],
@@ -116,7 +116,7 @@ impl Accounts {
     /// The user's contacts and pending requests both ways, by name.
     pub fn contacts(&self, user: UserId) -> Result<Vec<Contact>> {
         self.read(|c| {
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare_cached(
                 "SELECT u.id, u.name, c.accepted, c.from_user = ?1
                  FROM contacts c JOIN users u
                    ON u.id = CASE WHEN c.from_user = ?1 THEN c.to_user ELSE c.from_user END
@@ -151,7 +151,7 @@ impl Accounts {
         self.write(|c| {
             ensure_user(c, me)?;
             ensure_user(c, other)?;
-            let n = c.execute(
+            let n = c.exec(
                 "INSERT INTO blocks (blocker, blocked) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
                 params![me.0, other.0],
             )?;
@@ -162,7 +162,7 @@ impl Accounts {
     /// False if `other` was not blocked.
     pub fn unblock(&self, me: UserId, other: UserId) -> Result<bool> {
         self.write(|c| {
-            let n = c.execute(
+            let n = c.exec(
                 "DELETE FROM blocks WHERE blocker = ?1 AND blocked = ?2",
                 params![me.0, other.0],
             )?;
@@ -173,7 +173,7 @@ impl Accounts {
     /// The users `me` blocks, by name.
     pub fn blocked(&self, me: UserId) -> Result<Vec<UserName>> {
         self.read(|c| {
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare_cached(
                 "SELECT u.name FROM blocks b JOIN users u ON u.id = b.blocked
                  WHERE b.blocker = ?1 ORDER BY u.name",
             )?;
@@ -186,7 +186,7 @@ impl Accounts {
     pub fn is_blocked(&self, blocker: UserId, blocked: UserId) -> Result<bool> {
         self.read(|c| {
             let found = c
-                .query_row(
+                .row(
                     "SELECT 1 FROM blocks WHERE blocker = ?1 AND blocked = ?2",
                     params![blocker.0, blocked.0],
                     |_| Ok(()),
