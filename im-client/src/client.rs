@@ -54,6 +54,8 @@ pub const KEEPALIVE_AFTER: Duration = Duration::from_secs(30);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many recent message ids the driver remembers to drop duplicate pushes.
 pub const DEDUP_WINDOW: usize = 4096;
+/// Longest wait, when closing, for the server's own Close (see `conn_shutdown`).
+pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Where a password comes from; called only when a password is actually needed (no ticket,
 /// no key), on a blocking thread, so it may prompt on a terminal.
@@ -905,8 +907,21 @@ impl Driver {
     }
 }
 
+/// Ends a connection that did its job: our Close, then the server's. Waiting for the
+/// server's Close (up to [`CLOSE_WAIT`]) is what makes our last acks count: the server sends
+/// it only after handling everything before our Close and saving the device's cursor, so the
+/// next connection (say the next `im-client listen`) does not get those messages again.
+/// Reading to the end also keeps unread pushes from turning our close into a TCP reset,
+/// which may discard what we sent last. What comes before the server's Close is dropped: it
+/// was not acknowledged, so it comes again.
 async fn conn_shutdown(conn: &mut Connection) {
-    let _ = conn.close(&CloseReason::new(ErrorCode::Normal, "bye")).await;
+    if conn.close(&CloseReason::new(ErrorCode::Normal, "bye")).await.is_err() {
+        return;
+    }
+    let _ = timeout(CLOSE_WAIT, async {
+        while let Ok(Received::Message(_) | Received::Reserved(_)) = conn.recv().await {}
+    })
+    .await;
 }
 
 fn check_len(what: &str, text: &str, max: usize) -> Result<(), Error> {
@@ -966,7 +981,8 @@ impl Client {
     }
 
     /// Closes the connection cleanly once every command sent before (acks included) is
-    /// written, and stops the driver.
+    /// written and the server has answered our Close (so it has handled them), and stops the
+    /// driver.
     pub async fn close(&self) {
         let (done, rx) = oneshot::channel();
         if self.tx.send(Command::Close(done)).is_ok() {

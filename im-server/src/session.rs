@@ -14,8 +14,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use im_proto::hostkey::{check_public_key, verify_rsa_pss};
 use im_proto::keys::user_auth_message;
 use im_proto::limits::{MAX_PAGE, MAX_RECORD_PLAINTEXT, MIN_PASSWORD_CHARS};
@@ -46,6 +46,9 @@ const RECEIPT_WINDOW: usize = 4096;
 const CURSOR_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// Room left in a record for the reply's own fields when a page of messages is cut to fit.
 const PAGE_SLACK: usize = 256;
+/// Input still read, without waiting, for the acks in it once a session has ended: far more
+/// than a client's last words, and a bound on a peer that keeps sending.
+const FINAL_INPUT: usize = 64 * 1024;
 
 /// Why a session ends: what the Close record says.
 #[derive(Debug)]
@@ -132,7 +135,7 @@ pub async fn serve<S: ByteStream>(stream: S, ip: IpAddr, shared: Arc<Shared>, un
     crate::social::connected(&shared, &login).await;
     let mut s = Live::new(login, shared.clone());
     let end = s.run(&mut t, &mut session, inbox).await;
-    // Acks that arrived while we were writing still count, however the session ended.
+    // Acks the client sent before the end still count, however the session ended.
     s.drain_acks(&mut t, &mut session);
     if end.code == ErrorCode::QueueOverflow {
         crate::metrics::queue_overflow();
@@ -195,6 +198,18 @@ async fn next_msg<S: ByteStream>(t: &mut Transport<S>, session: &mut Session) ->
             None => t.read_more(session).await?,
         }
     }
+}
+
+/// Buffers the input that has already arrived, without waiting for more. Returns the bytes
+/// read (0: nothing yet); the end of the stream is `Eof` (or `Truncated`), as for any read.
+fn read_arrived<S: ByteStream>(t: &mut Transport<S>, session: &Session) -> Result<usize, ConnError> {
+    // `Transport::read` is cancel-safe, so polling it once and dropping it loses nothing.
+    let Some(n) = t.read().now_or_never() else {
+        return Ok(0);
+    };
+    let n = n?;
+    t.after_read(n, session)?;
+    Ok(n)
 }
 
 /// Decodes a client message; a reserved kind becomes the `unsupported` reply to send.
@@ -609,9 +624,22 @@ impl Live {
             if !full {
                 break;
             }
+            self.arrived_input(t, session).await?;
         }
         self.caught_up = after;
         Ok(())
+    }
+
+    /// Handles the input that has arrived, without waiting for more: between catch-up pages,
+    /// where nothing else reads. A catch-up that fits in the socket buffers never blocks a
+    /// write (and a blocked write is the only other time we read), so without this a client
+    /// that leaves in the middle (Ack, then Close) would go unheard until the catch-up ends,
+    /// and a long catch-up would go on for a client that is gone.
+    async fn arrived_input<S: ByteStream>(&mut self, t: &mut Transport<S>, session: &mut Session) -> Result<(), End> {
+        let read = read_arrived(t, session);
+        // What came before the end of the stream is handled first: an Ack, then the Close.
+        self.input(t, session).await?;
+        read.map(drop).map_err(End::from)
     }
 
     /// Remembers a pushed direct message from someone else, for its delivery receipt.
@@ -694,11 +722,34 @@ impl Live {
         Ok(())
     }
 
-    /// Applies the acks still buffered when the session ends (the rest is dropped).
+    /// Applies the acks the client sent before the session ended, up to its Close (anything
+    /// else is dropped: there is no one left to answer). That includes input still in the
+    /// socket, not only what we buffered: a client that leaves during a catch-up closes with
+    /// our bytes unread, so its kernel resets the connection and our next write fails before
+    /// we have read its last Ack. The reset does not discard what had arrived, so it is read
+    /// here, without waiting and at most [`FINAL_INPUT`] bytes of it.
     fn drain_acks<S: ByteStream>(&mut self, t: &mut Transport<S>, session: &mut Session) {
-        while let Ok(Some(Incoming::Data(plain))) = t.buffered(session) {
-            if let Ok(ClientMsg::Ack { up_to }) = ClientMsg::decode(&plain) {
-                self.ack(up_to);
+        let mut read = 0;
+        while self.buffered_acks(t, session) && read < FINAL_INPUT {
+            match read_arrived(t, session) {
+                Ok(n) if n > 0 => read += n,
+                _ => return,
+            }
+        }
+    }
+
+    /// Applies the acks among the buffered messages; `false` once the input has ended (a
+    /// Close, or input that cannot be read).
+    fn buffered_acks<S: ByteStream>(&mut self, t: &mut Transport<S>, session: &mut Session) -> bool {
+        loop {
+            match t.buffered(session) {
+                Ok(Some(Incoming::Data(plain))) => {
+                    if let Ok(ClientMsg::Ack { up_to }) = ClientMsg::decode(&plain) {
+                        self.ack(up_to);
+                    }
+                }
+                Ok(None) => return true,
+                Ok(Some(Incoming::Close(_))) | Err(_) => return false,
             }
         }
     }
