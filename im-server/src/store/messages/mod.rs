@@ -18,6 +18,9 @@
 //!   the highest id it has seen never skips one.
 //! - **Disk bytes are never trusted**: an undecodable record is [`StoreError::Corrupt`], not a
 //!   panic.
+//! - **A crash mid-write does not stop the next start**: a damaged last batch of the journal
+//!   is cut off on open (kept beside it, with a warning); damage anywhere else stops the open
+//!   with [`StoreError::DamagedJournal`] rather than drop intact messages (see `journal.rs`).
 //!
 //! # Threads
 //! Appends go through a channel to one dedicated writer thread (see `writer.rs`), so async
@@ -29,10 +32,15 @@
 //! - `writer.rs`: the group-commit writer thread.
 //! - `record.rs`: keys and value encodings of every keyspace, and their total decoders.
 //! - `backup.rs`: a consistent copy of the whole log, taken from a snapshot while it runs.
+//! - `journal.rs`: our check of fjall's journal before each open, and the cut of a damaged
+//!   tail (a crash during the last write), keeping the cut bytes beside it.
+//! - `xxh3.rs`: the checksum fjall's journal uses, for that check.
 
 mod backup;
+mod journal;
 mod record;
 mod writer;
+mod xxh3;
 
 pub use backup::LogBackup;
 
@@ -200,6 +208,13 @@ pub enum StoreError {
         path.display()
     )]
     UnknownVersion { path: PathBuf, found: u32 },
+    #[error(
+        "message log journal {} is damaged at byte {offset} ({detail}); not a torn last write, so \
+         nothing was dropped: restore the log from a backup, or give up everything from that byte \
+         on by truncating the file to {offset} bytes",
+        path.display()
+    )]
+    DamagedJournal { path: PathBuf, offset: u64, detail: String },
     #[error("message log {} has a corrupt record: {detail}", path.display())]
     Corrupt { path: PathBuf, detail: String },
     #[error("invalid message: {0}")]
@@ -364,6 +379,11 @@ impl MessageLog {
     ) -> Result<MessageLog, StoreError> {
         let path = dir.to_path_buf();
         let existing = inspect_directory(&path)?;
+        if existing {
+            // Before fjall replays the journal: it panics (debug builds) or refuses on a
+            // damaged last batch, and silently drops what follows some damage.
+            journal::check_and_repair(&path)?;
+        }
         let db = Database::builder(&path)
             .max_journaling_size(MAX_JOURNAL_BYTES)
             .open()
