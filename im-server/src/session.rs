@@ -31,8 +31,9 @@ use zeroize::Zeroizing;
 use crate::auth::new_ticket;
 use crate::config::Registration;
 use crate::conn::{ByteStream, ConnError, Established, Transport, handshake};
+use crate::metrics::ConnectionGauge;
 use crate::ratelimit::UnauthGuard;
-use crate::router::{Inbox, next_conn_id, outbox};
+use crate::router::{ConnId, Inbox, next_conn_id, outbox};
 use crate::state::{Shared, chat_message, now_ms};
 use crate::store::accounts::{AccountsError, UserId};
 use crate::store::messages::{Appended, NewMessage, StoredMessage};
@@ -96,21 +97,46 @@ pub struct Identity {
 
 /// Serves one connection from the first byte to the Close.
 pub async fn serve<S: ByteStream>(stream: S, ip: IpAddr, shared: Arc<Shared>, unauth: UnauthGuard) {
+    // Each phase is its own boxed future: a future awaited inline is part of this one, which
+    // every idle connection holds for its whole life, with the handshake's, the login's and
+    // the goodbye's state in it. Boxed, the idle connection holds only the live loop's.
+    let Some((mut t, mut session, login, _gauge)) = Box::pin(establish(stream, ip, &shared, unauth)).await else {
+        return;
+    };
     let conn = next_conn_id();
-    let mut gauge = crate::metrics::ConnectionGauge::handshaking();
+    let (out, inbox) = outbox(conn, login.device, shared.config.limits.outbound_queue);
+    shared.router.attach(&login.user, out);
+    Box::pin(crate::social::connected(&shared, &login)).await;
+    // Most connections go quiet after logging in: free the key schedules that the handshake
+    // and login expanded now, while the next connection can reuse the memory, not after a
+    // ping interval, when thousands of them sit between live allocations.
+    session.release();
+    let mut s = Live::new(login, shared);
+    let end = s.run(&mut t, &mut session, inbox).await;
+    Box::pin(s.finish(t, session, conn, end)).await;
+}
+
+/// The handshake and the login, within the login timeout: the transport, its session, who
+/// logged in and the connection's place in the gauge; `None` when the connection ended
+/// (with a Close where one is due).
+async fn establish<S: ByteStream>(
+    stream: S,
+    ip: IpAddr,
+    shared: &Arc<Shared>,
+    unauth: UnauthGuard,
+) -> Option<(Transport<S>, Session, Identity, ConnectionGauge)> {
+    let mut gauge = ConnectionGauge::handshaking();
     let mut t = Transport::new(stream);
     let deadline = Instant::now() + shared.config.limits.login_timeout();
-    // The handshake's and login's state are boxed so that they do not stay inline in this
-    // long-lived future (and in every idle connection's memory) after they are done.
-    let est = match tokio::time::timeout_at(deadline, Box::pin(handshake(&mut t, &shared, ip))).await {
+    let est = match tokio::time::timeout_at(deadline, handshake(&mut t, shared, ip)).await {
         Ok(Ok(est)) => est,
         Ok(Err(e)) => {
             tracing::debug!(%ip, error = %e, "handshake failed");
-            return;
+            return None;
         }
         Err(_) => {
             tracing::debug!(%ip, "handshake timed out");
-            return;
+            return None;
         }
     };
     let Established {
@@ -118,33 +144,27 @@ pub async fn serve<S: ByteStream>(stream: S, ip: IpAddr, shared: Arc<Shared>, un
         exporter,
         ticket,
     } = est;
-    let login = tokio::select! {
-        r = tokio::time::timeout_at(deadline, Box::pin(login(&mut t, &mut session, &shared, ip, &exporter, ticket))) => match r {
-            Ok(Ok(Some(id))) => id,
-            Ok(Ok(None)) => return,
-            Ok(Err(end)) => return close(&mut t, &mut session, end).await,
-            Err(_) => return close(&mut t, &mut session, End::new(ErrorCode::LoginTimeout, "log in within the time limit")).await,
+    let outcome = tokio::select! {
+        r = tokio::time::timeout_at(deadline, login(&mut t, &mut session, shared, ip, &exporter, ticket)) => match r {
+            Ok(Ok(Some(id))) => Ok(id),
+            Ok(Ok(None)) => return None,
+            Ok(Err(end)) => Err(end),
+            Err(_) => Err(End::new(ErrorCode::LoginTimeout, "log in within the time limit")),
         },
-        _ = shared.shutdown.cancelled() => return close(&mut t, &mut session, End::new(ErrorCode::ShuttingDown, "server shutting down")).await,
+        _ = shared.shutdown.cancelled() => Err(End::new(ErrorCode::ShuttingDown, "server shutting down")),
     };
-    drop(unauth);
-    gauge.authenticated();
-    tracing::info!(user = %login.user, device = login.device.get(), %ip, "logged in");
-    let (out, inbox) = outbox(conn, login.device, shared.config.limits.outbound_queue);
-    shared.router.attach(&login.user, out);
-    crate::social::connected(&shared, &login).await;
-    let mut s = Live::new(login, shared.clone());
-    let end = s.run(&mut t, &mut session, inbox).await;
-    // Acks the client sent before the end still count, however the session ended.
-    s.drain_acks(&mut t, &mut session);
-    if end.code == ErrorCode::QueueOverflow {
-        crate::metrics::queue_overflow();
+    match outcome {
+        Ok(login) => {
+            drop(unauth);
+            gauge.authenticated();
+            tracing::info!(user = %login.user, device = login.device.get(), %ip, "logged in");
+            Some((t, session, login, gauge))
+        }
+        Err(end) => {
+            close(&mut t, &mut session, end).await;
+            None
+        }
     }
-    shared.router.detach(&s.id.user, conn);
-    crate::social::disconnected(&shared, &s.id).await;
-    s.persist_cursor().await;
-    tracing::info!(user = %s.id.user, code = end.code.name(), reason = %end.text, "session ended");
-    close(&mut t, &mut session, end).await;
 }
 
 /// Sends Close with the reason (unless the peer is gone), flushes, and shuts the stream.
@@ -551,7 +571,9 @@ impl Live {
     }
 
     async fn run<S: ByteStream>(&mut self, t: &mut Transport<S>, session: &mut Session, mut inbox: Inbox) -> End {
-        if let Err(end) = self.catch_up(t, session).await {
+        // Boxed, like `handle` below: a future awaited inline is part of this loop's state,
+        // which every idle connection holds for its whole life.
+        if let Err(end) = Box::pin(self.catch_up(t, session)).await {
             return end;
         }
         let shutdown = self.shared.shutdown.clone();
@@ -588,6 +610,20 @@ impl Live {
                 return end;
             }
         }
+    }
+
+    /// The end of a logged-in session: apply the acks the client sent before the end (however
+    /// it ended), leave the router and presence, save the cursor, say goodbye.
+    async fn finish<S: ByteStream>(mut self, mut t: Transport<S>, mut session: Session, conn: ConnId, end: End) {
+        self.drain_acks(&mut t, &mut session);
+        if end.code == ErrorCode::QueueOverflow {
+            crate::metrics::queue_overflow();
+        }
+        self.shared.router.detach(&self.id.user, conn);
+        crate::social::disconnected(&self.shared, &self.id).await;
+        self.persist_cursor().await;
+        tracing::info!(user = %self.id.user, code = end.code.name(), reason = %end.text, "session ended");
+        close(&mut t, &mut session, end).await;
     }
 
     /// Pushes everything this device has not acknowledged, in id order, page by page.
@@ -697,7 +733,7 @@ impl Live {
                     session.release();
                 }
                 Ok(msg) => {
-                    if let Some(reply) = self.handle(msg).await? {
+                    if let Some(reply) = Box::pin(self.handle(msg)).await? {
                         queue(t, session, &reply)?;
                     }
                 }
