@@ -34,13 +34,11 @@
 //! - `backup.rs`: a consistent copy of the whole log, taken from a snapshot while it runs.
 //! - `journal.rs`: our check of fjall's journal before each open, and the cut of a damaged
 //!   tail (a crash during the last write), keeping the cut bytes beside it.
-//! - `xxh3.rs`: the checksum fjall's journal uses, for that check.
 
 mod backup;
 mod journal;
 mod record;
 mod writer;
-mod xxh3;
 
 pub use backup::LogBackup;
 
@@ -77,6 +75,11 @@ const KS_META: &str = "meta";
 /// measurable append throughput (see examples/message_log_bench.rs).
 const MSGS_MEMTABLE_BYTES: u64 = 16 << 20;
 const INDEX_MEMTABLE_BYTES: u64 = 8 << 20;
+
+/// fjall's block cache (its default: 32 MiB). With the memtables above, this bounds what the
+/// message log holds in memory at 64 MiB; recent history (what catch-up and scrolling read)
+/// is mostly still in the memtables anyway.
+const BLOCK_CACHE_BYTES: u64 = 16 << 20;
 
 /// Most journal kept before fjall flushes memtables to free it: bounds the replay on
 /// restart. fjall's default is 512 MiB, its minimum 64 MiB.
@@ -386,6 +389,7 @@ impl MessageLog {
         }
         let db = Database::builder(&path)
             .max_journaling_size(MAX_JOURNAL_BYTES)
+            .cache_size(BLOCK_CACHE_BYTES)
             .open()
             .map_err(|e| engine_error(&path, e))?;
         if existing {
