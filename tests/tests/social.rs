@@ -161,6 +161,9 @@ fn a_block_refuses_direct_messages_silently_and_hides_room_messages() {
     // (A new device catches up on carol's direct message first.)
     let live = listen(&alice.device("phone"), 2);
     wait_online(&carol, "#room", "alice");
+    // Online, alice's block is answered from memory: still refused, the same way.
+    let online_dm = bob.cmd(&["--json", "send", "alice", "you are online"]).code_is(6);
+    assert_eq!(online_dm.json_error(), dm_error);
     bob.cmd(&["send", "#room", "bob live"]).ok();
     carol.cmd(&["send", "#room", "carol live"]).ok();
     assert_eq!(texts(&live.wait_json()), ["hi alice", "carol live"]);

@@ -13,14 +13,23 @@ use crate::session::Identity;
 use crate::state::Shared;
 
 /// Whether `id` may send a direct message to `peer`: `peer` exists and does not block them.
+///
+/// An online peer's cached view answers (every send to them would otherwise wait on the
+/// database, through the blocking pool); a block takes effect there once the blocker's view
+/// is reloaded, right after the database write, as for room messages.
 pub(super) async fn may_message(shared: &Shared, id: &Identity, peer: &UserName) -> Result<(), Refusal> {
-    let (me, name) = (id.uid, peer.clone());
-    let blocked = shared
-        .db(move |a| match a.user(&name)? {
-            Some(r) => Ok(Some(r.id != me && a.is_blocked(r.id, me)?)),
-            None => Ok(None),
-        })
-        .await?;
+    let blocked = match shared.social.users.cached_block(peer, &id.user) {
+        Some(blocked) => Some(blocked),
+        None => {
+            let (me, name) = (id.uid, peer.clone());
+            shared
+                .db(move |a| match a.user(&name)? {
+                    Some(r) => Ok(Some(r.id != me && a.is_blocked(r.id, me)?)),
+                    None => Ok(None),
+                })
+                .await?
+        }
+    };
     match blocked {
         None => Err(Refusal::no_such_user(peer)),
         Some(true) => Err(Refusal::not_allowed(NOT_ALLOWED)),

@@ -96,6 +96,15 @@ impl Users {
         self.read().get(blocker).is_some_and(|u| u.blocks(other))
     }
 
+    /// Whether `user` blocks `other`, from their cached view: `None` when `user` is not online
+    /// or their view is still loading, and only the database can say (and whether they exist).
+    pub(super) fn cached_block(&self, user: &UserName, other: &UserName) -> Option<bool> {
+        self.read()
+            .get(user)
+            .and_then(|u| u.view.as_ref())
+            .map(|v| v.blocked.contains(other))
+    }
+
     /// Whether `user` is online and not hiding it, for member lists.
     pub(super) fn appears_online(&self, user: &UserName) -> bool {
         self.read()
