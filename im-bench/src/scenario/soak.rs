@@ -235,6 +235,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
     );
     let max = samples.iter().copied().max().unwrap_or(0);
     let half = samples.get(samples.len() / 2).copied().unwrap_or(0);
+    let three_quarters = samples.get(samples.len() * 3 / 4).copied().unwrap_or(0);
     let v = format!("secs={secs:.0}");
     let r = &mut ctx.report;
     r.add(&v, "errors", health.errors.load(Ordering::Relaxed) as f64, Unit::Count);
@@ -267,6 +268,9 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
     r.add(&v, "rss_growth", last as f64 - first as f64, Unit::Bytes);
     // Flat means the second half adds (next to) nothing.
     r.add(&v, "rss_growth_second_half", last as f64 - half as f64, Unit::Bytes);
+    // The server's bounded buffers (the message log's memtables and block cache: 64 MiB)
+    // take minutes to fill at the soak's write rate; a long run shows the plateau here.
+    r.add(&v, "rss_growth_last_quarter", last as f64 - three_quarters as f64, Unit::Bytes);
     if let Some(e) = health.first.lock().ok().and_then(|f| f.clone()) {
         eprintln!("first problem: {e}");
     }
