@@ -46,7 +46,8 @@ impl ByteStream for tokio::net::TcpStream {
             // buffer reads into the stack first and gets heap space only once bytes are there.
             let r = if buf.is_empty() {
                 let mut chunk = [0u8; READ_CHUNK];
-                self.try_read(&mut chunk).inspect(|&n| buf.extend_from_slice(&chunk[..n]))
+                self.try_read(&mut chunk)
+                    .inspect(|&n| buf.extend_from_slice(&chunk[..n]))
             } else {
                 buf.reserve(READ_CHUNK);
                 self.try_read_buf(buf)

@@ -270,7 +270,12 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
     r.add(&v, "rss_growth_second_half", last as f64 - half as f64, Unit::Bytes);
     // The server's bounded buffers (the message log's memtables and block cache: 64 MiB)
     // take minutes to fill at the soak's write rate; a long run shows the plateau here.
-    r.add(&v, "rss_growth_last_quarter", last as f64 - three_quarters as f64, Unit::Bytes);
+    r.add(
+        &v,
+        "rss_growth_last_quarter",
+        last as f64 - three_quarters as f64,
+        Unit::Bytes,
+    );
     if let Some(e) = health.first.lock().ok().and_then(|f| f.clone()) {
         eprintln!("first problem: {e}");
     }
