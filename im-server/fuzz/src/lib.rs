@@ -54,6 +54,10 @@ pub const DEVICE: u64 = 4242;
 /// Another user, with a device id no input is likely to produce.
 pub const OTHER: &str = "bob";
 pub const OTHER_DEVICE: u64 = 0x000A_5C3D_1E2F_6B79;
+/// The name of bob's seeded device. Device ids are chosen by clients and unique per user only
+/// (alice may log in with the same id as bob's device); this name, which no fuzzed request
+/// gives a device, is what tells bob's device apart in a list shown to alice.
+pub const OTHER_DEVICE_NAME: &str = "bob's seeded device";
 /// The password of both users.
 pub const PASSWORD: &str = "correct horse battery";
 /// The resumption ticket of [`USER`]'s [`DEVICE`].
@@ -244,11 +248,13 @@ impl Fixture {
         let now = now_ms();
         let accounts = &server.shared.accounts;
         let mut ids = Vec::new();
-        for (name, device) in [(USER, DEVICE), (OTHER, OTHER_DEVICE)] {
+        for (name, device, device_name) in [(USER, DEVICE, "fuzz"), (OTHER, OTHER_DEVICE, OTHER_DEVICE_NAME)] {
             let uid = accounts
                 .create_user(&user(name), &self.hash, now)
                 .expect("create a user");
-            accounts.touch_device(uid, device, "fuzz", now).expect("add a device");
+            accounts
+                .touch_device(uid, device, device_name, now)
+                .expect("add a device");
             ids.push(uid);
         }
         accounts
@@ -650,7 +656,7 @@ fn check_visible(me: &mut Option<UserName>, msg: &ServerMsg) {
         ServerMsg::HistoryPage { messages, .. } => messages.iter().for_each(|m| seen(m, me)),
         ServerMsg::Devices { devices, .. } if me.as_ref().is_some_and(|u| u.as_str() == USER) => {
             assert!(
-                devices.iter().all(|d| d.id.get() != OTHER_DEVICE),
+                devices.iter().all(|d| d.name != OTHER_DEVICE_NAME),
                 "{USER} was shown {OTHER}'s device: {devices:?}"
             );
         }
