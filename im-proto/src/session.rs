@@ -115,6 +115,17 @@ impl Session {
         self.opener.release();
     }
 
+    /// [`release`](Session::release) for the sending direction only: a connection that only
+    /// receives keeps its sealer busy and its opener idle.
+    pub fn release_sealer(&mut self) {
+        self.sealer.release();
+    }
+
+    /// [`release`](Session::release) for the receiving direction only.
+    pub fn release_opener(&mut self) {
+        self.opener.release();
+    }
+
     /// Current key epochs (send, receive): for tests and diagnostics.
     pub fn epochs(&self) -> (u16, u16) {
         (self.sealer.epoch(), self.opener.epoch())

@@ -10,6 +10,7 @@
 //! - [`auth`]: Argon2id passwords (off the reactor) and tickets.
 //! - [`conn`]: one connection's bytes and the server side of the handshake.
 //! - [`session`]: login, catch-up, and the request/push loop of one connection.
+//! - [`cursors`]: live sessions' periodic cursor saves, batched into one commit.
 //! - [`social`]: rooms, contacts, presence, typing and blocking.
 //! - [`server`]: the accept loop, connection limits and graceful shutdown.
 //! - [`metrics`]: Prometheus metrics (names, recording helpers, the `/metrics` responder).
@@ -21,6 +22,7 @@ pub mod backup;
 pub mod config;
 pub mod conn;
 pub mod control;
+pub mod cursors;
 pub mod datadir;
 pub mod metrics;
 pub mod ratelimit;
@@ -89,6 +91,7 @@ impl Server {
             passwords,
             shutdown: CancellationToken::new(),
             social: social::State::default(),
+            cursors: cursors::Cursors::default(),
             started: Instant::now(),
         });
         Ok(Server { shared, committed })

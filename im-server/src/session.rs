@@ -548,6 +548,8 @@ struct Live {
     persisted: u64,
     persisted_at: Instant,
     last_rx: Instant,
+    /// When we last wrote anything: a sealer in use is not released by the keepalive.
+    last_tx: Instant,
     ping_out: Option<u64>,
     /// Set by `Logout`: the session closes once the `Ok` is written.
     logged_out: bool,
@@ -565,6 +567,7 @@ impl Live {
             persisted: 0,
             persisted_at: Instant::now(),
             last_rx: Instant::now(),
+            last_tx: Instant::now(),
             ping_out: None,
             logged_out: false,
         }
@@ -583,6 +586,9 @@ impl Live {
             // Transport::flush), then write everything queued, then wait for the next event.
             if let Err(end) = self.input(t, session).await {
                 return end;
+            }
+            if !t.wbuf.is_empty() {
+                self.last_tx = Instant::now();
             }
             // A peer that stops reading blocks this write once the socket buffers fill; its
             // queue then overflows, and that must end the session even mid-write.
@@ -729,8 +735,8 @@ impl Live {
             };
             match decode(&plain) {
                 Ok(ClientMsg::Pong { .. }) => {
-                    // The answer to our keepalive Ping: the connection is idle again.
-                    session.release();
+                    // The answer to our keepalive Ping: the client is quiet again.
+                    session.release_opener();
                 }
                 Ok(msg) => {
                     if let Some(reply) = Box::pin(self.handle(msg)).await? {
@@ -750,11 +756,16 @@ impl Live {
         }
         let nonce = rand::random::<u64>();
         self.ping_out = Some(nonce);
-        self.persist_cursor().await;
+        self.save_cursor();
+        let sent_nothing = self.last_tx.elapsed() >= self.shared.config.limits.ping_interval();
         queue(t, session, &ServerMsg::Ping { nonce })?;
-        // Quiet for a whole interval: free the expanded key schedules (after sealing the Ping,
-        // which needs one) until the next record.
-        session.release();
+        // The client has sent nothing for a whole interval: free its direction's expanded key
+        // schedule until the next record, and ours too (after sealing the Ping, which needs
+        // it) unless we are busy sending, say room messages to a member who only reads.
+        session.release_opener();
+        if sent_nothing {
+            session.release_sealer();
+        }
         Ok(())
     }
 
@@ -790,6 +801,19 @@ impl Live {
         }
     }
 
+    /// Hands the cursor to the batched saver (`cursors.rs`) without waiting: for the saves
+    /// while the session runs.
+    fn save_cursor(&mut self) {
+        if self.acked > self.persisted {
+            let (uid, device) = (self.id.uid, self.id.device.get());
+            self.shared.cursors.save(&self.shared.accounts, uid, device, self.acked);
+            self.persisted = self.acked;
+            self.persisted_at = Instant::now();
+        }
+    }
+
+    /// Saves the cursor and waits until it is stored: as the session ends, before the Close,
+    /// so that the device's next connection finds it.
     async fn persist_cursor(&mut self) {
         if self.acked > self.persisted {
             let (uid, device, up_to) = (self.id.uid, self.id.device.get(), self.acked);
@@ -822,7 +846,7 @@ impl Live {
             ClientMsg::Ack { up_to } => {
                 self.ack(up_to);
                 if self.persisted_at.elapsed() >= CURSOR_SAVE_INTERVAL {
-                    self.persist_cursor().await;
+                    self.save_cursor();
                 }
                 return Ok(None);
             }

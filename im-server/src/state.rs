@@ -34,6 +34,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Rooms' membership and online users' contacts, blocks and presence, cached.
     pub social: crate::social::State,
+    /// Live sessions' periodic cursor saves, batched.
+    pub cursors: crate::cursors::Cursors,
     pub started: Instant,
 }
 

@@ -171,10 +171,23 @@ fn devices_and_cursors_that_never_move_back() {
         Err(AccountsError::NotFound("device"))
     ));
 
+    // The batched form (live sessions' periodic saves): one commit, forward only, a device
+    // that is gone skipped rather than failing the others.
+    db.advance_cursors(&[(alice, 7, 150), (alice, u64::MAX, 3), (alice, 8, 9), (bob, 7, 20)])
+        .unwrap();
+    assert_eq!(db.cursor(alice, 7).unwrap(), Some(150));
+    assert_eq!(
+        db.cursor(alice, u64::MAX).unwrap(),
+        Some(5),
+        "a cursor never moves back"
+    );
+    assert_eq!(db.cursor(alice, 8).unwrap(), None);
+    assert_eq!(db.cursor(bob, 7).unwrap(), Some(20));
+
     assert!(db.remove_device(alice, 7).unwrap());
     assert!(!db.remove_device(alice, 7).unwrap());
     assert_eq!(db.devices(alice).unwrap().len(), 1);
-    assert_eq!(db.cursor(bob, 7).unwrap(), Some(0));
+    assert_eq!(db.cursor(bob, 7).unwrap(), Some(20));
     assert!(matches!(
         db.touch_device(UserId(999), 1, "x", NOW),
         Err(AccountsError::NotFound("user"))

@@ -170,6 +170,20 @@ impl Accounts {
         })
     }
 
+    /// [`advance_cursor`](Accounts::advance_cursor) for many devices in one transaction (one
+    /// commit). Devices that are gone are skipped.
+    pub fn advance_cursors(&self, updates: &[(UserId, u64, u64)]) -> Result<()> {
+        self.write(|c| {
+            for &(user, device_id, up_to) in updates {
+                c.exec(
+                    "UPDATE devices SET cursor = max(cursor, ?3) WHERE user_id = ?1 AND device_id = ?2",
+                    params![user.0, device_key(device_id), up_to],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
     /// Stores a ticket. The device must exist ([`Accounts::touch_device`] first);
     /// [`AccountsError::Exists`] if the id is taken.
     pub fn insert_ticket(&self, ticket: &Ticket) -> Result<()> {
