@@ -71,3 +71,28 @@ async fn worker(mut rx: mpsc::UnboundedReceiver<(UserId, u64, u64)>, accounts: A
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn saves_land_in_the_database() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let accounts = Arc::new(Accounts::open(&dir.path().join("accounts.db")).expect("open"));
+        let name = im_proto::UserName::parse("alice").expect("valid name");
+        let alice = accounts.create_user(&name, "hash", 0).expect("user");
+        accounts.touch_device(alice, 7, "phone", 0).expect("device");
+        let cursors = Cursors::default();
+        cursors.save(&accounts, alice, 7, 40);
+        cursors.save(&accounts, alice, 7, 30);
+        cursors.save(&accounts, alice, 8, 5); // no such device: skipped
+        cursors.save(&accounts, alice, 7, 42);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while accounts.cursor(alice, 7).expect("cursor") != Some(42) {
+            assert!(tokio::time::Instant::now() < deadline, "the saves never landed");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(accounts.cursor(alice, 8).expect("cursor"), None);
+    }
+}

@@ -545,8 +545,11 @@ struct Live {
     /// Direct messages pushed to this device and not yet acknowledged: (id, sender).
     unacked: VecDeque<(u64, UserName)>,
     acked: u64,
+    /// The cursor as last stored and waited for (at login, or by `persist_cursor`).
     persisted: u64,
-    persisted_at: Instant,
+    /// The cursor as last handed to the batched saver, which may not have stored it yet.
+    saved: u64,
+    saved_at: Instant,
     last_rx: Instant,
     /// When we last wrote anything: a sealer in use is not released by the keepalive.
     last_tx: Instant,
@@ -565,7 +568,8 @@ impl Live {
             unacked: VecDeque::new(),
             acked: 0,
             persisted: 0,
-            persisted_at: Instant::now(),
+            saved: 0,
+            saved_at: Instant::now(),
             last_rx: Instant::now(),
             last_tx: Instant::now(),
             ping_out: None,
@@ -642,6 +646,7 @@ impl Live {
         let rooms: Vec<_> = rooms.into_iter().map(|m| (m.room, m.joined_at_msg_id)).collect();
         self.acked = cursor;
         self.persisted = cursor;
+        self.saved = cursor;
         let mut after = cursor;
         loop {
             let (log, user, rooms2) = (self.shared.log.clone(), self.id.user.clone(), rooms.clone());
@@ -804,11 +809,11 @@ impl Live {
     /// Hands the cursor to the batched saver (`cursors.rs`) without waiting: for the saves
     /// while the session runs.
     fn save_cursor(&mut self) {
-        if self.acked > self.persisted {
+        if self.acked > self.saved {
             let (uid, device) = (self.id.uid, self.id.device.get());
             self.shared.cursors.save(&self.shared.accounts, uid, device, self.acked);
-            self.persisted = self.acked;
-            self.persisted_at = Instant::now();
+            self.saved = self.acked;
+            self.saved_at = Instant::now();
         }
     }
 
@@ -818,10 +823,7 @@ impl Live {
         if self.acked > self.persisted {
             let (uid, device, up_to) = (self.id.uid, self.id.device.get(), self.acked);
             match self.shared.db(move |a| a.advance_cursor(uid, device, up_to)).await {
-                Ok(_) => {
-                    self.persisted = up_to;
-                    self.persisted_at = Instant::now();
-                }
+                Ok(_) => self.persisted = up_to,
                 Err(e) => tracing::warn!(error = %e, "cursor not saved; messages will be delivered again"),
             }
         }
@@ -845,7 +847,7 @@ impl Live {
             } => return Ok(self.send(req, to, client_id, action, text).await),
             ClientMsg::Ack { up_to } => {
                 self.ack(up_to);
-                if self.persisted_at.elapsed() >= CURSOR_SAVE_INTERVAL {
+                if self.saved_at.elapsed() >= CURSOR_SAVE_INTERVAL {
                     self.save_cursor();
                 }
                 return Ok(None);
