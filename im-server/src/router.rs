@@ -1,7 +1,7 @@
 //! Delivery: who is online, and how a push reaches each of their connections.
 //!
-//! Every logged-in connection registers an [`Outbox`]: a bounded queue of pushes plus a token
-//! the router cancels when the queue is full. A connection that cannot keep up is thereby
+//! Every logged-in connection registers an [`Outbox`]: a bounded queue of pushes that ends
+//! itself when it is full. A connection that cannot keep up is thereby
 //! disconnected (it catches up from its cursor when it returns) instead of slowing the sender
 //! or growing memory without bound. Pushes are `Arc`s, so a room fan-out clones pointers, and
 //! each connection's own task encrypts and writes its socket: the fan-out's real cost, the
@@ -10,14 +10,13 @@
 //! [`Router`] is a trait so that cross-node routing over a broker can replace the in-process
 //! [`LocalRouter`] without touching session code.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use im_proto::UserName;
 use im_proto::msg::{DeviceId, ServerMsg};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 /// Identifies one connection for the lifetime of the process.
 pub type ConnId = u64;
@@ -27,50 +26,149 @@ pub fn next_conn_id() -> ConnId {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// The sending side of a connection's push queue.
+/// Why a connection's queue ended: the session ends with the matching Close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueEnd {
+    /// The queue filled up: the connection is too slow, and catches up when it returns.
+    Overflow,
+    /// The connection's device was revoked.
+    Revoked,
+}
+
+/// What the session takes from its queue next.
+#[derive(Debug)]
+pub enum Next {
+    Push(Arc<ServerMsg>),
+    Ended(QueueEnd),
+}
+
+/// A queue grown past this many pushes by a burst is freed once drained, rather than kept by
+/// an idle connection.
+const KEEP_QUEUE: usize = 64;
+
+/// One connection's push queue, shared by its two ends. An empty queue allocates nothing
+/// (tokio's bounded channel held about 800 bytes per connection, idle or not), and its end is
+/// part of it, so a session waits on one thing for pushes, overflow and revocation.
+struct Queue {
+    state: Mutex<QueueState>,
+    /// Wakes the session; one waiter, so a wake-up before it waits is kept as a permit.
+    wake: Notify,
+    depth: usize,
+}
+
+#[derive(Default)]
+struct QueueState {
+    pushes: VecDeque<Arc<ServerMsg>>,
+    end: Option<QueueEnd>,
+    /// The session is gone: pushes are refused.
+    closed: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn end(&self, why: QueueEnd) {
+        self.lock().end.get_or_insert(why);
+        self.wake.notify_one();
+    }
+}
+
+/// The router's end of a connection's push queue.
 #[derive(Clone)]
 pub struct Outbox {
     pub conn: ConnId,
     pub device: DeviceId,
-    tx: mpsc::Sender<Arc<ServerMsg>>,
-    overflow: CancellationToken,
-    revoked: CancellationToken,
+    queue: Arc<Queue>,
 }
 
-/// The connection's end: it drains `rx` and ends itself when `overflow` (too slow) or
-/// `revoked` (its device was revoked) fires.
+/// The connection's end: the session takes pushes from it, and ends itself when the queue
+/// ends (too slow, or its device revoked).
 pub struct Inbox {
-    pub rx: mpsc::Receiver<Arc<ServerMsg>>,
-    pub overflow: CancellationToken,
-    pub revoked: CancellationToken,
+    queue: Arc<Queue>,
 }
 
 pub fn outbox(conn: ConnId, device: DeviceId, depth: usize) -> (Outbox, Inbox) {
-    let (tx, rx) = mpsc::channel(depth.max(1));
-    let (overflow, revoked) = (CancellationToken::new(), CancellationToken::new());
+    let queue = Arc::new(Queue {
+        state: Mutex::new(QueueState::default()),
+        wake: Notify::new(),
+        depth: depth.max(1),
+    });
     (
         Outbox {
             conn,
             device,
-            tx,
-            overflow: overflow.clone(),
-            revoked: revoked.clone(),
+            queue: queue.clone(),
         },
-        Inbox { rx, overflow, revoked },
+        Inbox { queue },
     )
 }
 
 impl Outbox {
-    /// Queues a push without waiting. A full queue marks the connection as too slow.
+    /// Queues a push without waiting. A full queue ends it as too slow.
     pub fn push(&self, msg: &Arc<ServerMsg>) -> bool {
-        match self.tx.try_send(msg.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.overflow.cancel();
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        let mut state = self.queue.lock();
+        if state.closed || state.end.is_some() {
+            return false;
         }
+        if state.pushes.len() >= self.queue.depth {
+            state.end = Some(QueueEnd::Overflow);
+        } else {
+            state.pushes.push_back(msg.clone());
+        }
+        let queued = state.end.is_none();
+        drop(state);
+        self.queue.wake.notify_one();
+        queued
+    }
+
+    fn revoke(&self) {
+        self.queue.end(QueueEnd::Revoked);
+    }
+}
+
+impl Inbox {
+    /// The queue's end or its next push, without waiting. The end comes first and stays.
+    pub fn try_next(&mut self) -> Option<Next> {
+        let mut state = self.queue.lock();
+        if let Some(why) = state.end {
+            return Some(Next::Ended(why));
+        }
+        let push = state.pushes.pop_front();
+        if state.pushes.is_empty() && state.pushes.capacity() > KEEP_QUEUE {
+            state.pushes = VecDeque::new();
+        }
+        push.map(Next::Push)
+    }
+
+    /// Waits for the queue's end or its next push. Cancel-safe.
+    pub async fn next(&mut self) -> Next {
+        loop {
+            if let Some(next) = self.try_next() {
+                return next;
+            }
+            self.queue.wake.notified().await;
+        }
+    }
+
+    /// Waits until the queue ends, leaving pushes queued. Cancel-safe.
+    pub async fn ended(&self) -> QueueEnd {
+        loop {
+            if let Some(why) = self.queue.lock().end {
+                return why;
+            }
+            self.queue.wake.notified().await;
+            // That wake-up may have been for a push, which `next` finds in the queue.
+        }
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let mut state = self.queue.lock();
+        state.closed = true;
+        state.pushes.clear();
     }
 }
 
@@ -128,7 +226,7 @@ impl Router for LocalRouter {
         let Some(list) = users.get(user) else { return 0 };
         list.iter()
             .filter(|o| o.device == device)
-            .inspect(|o| o.revoked.cancel())
+            .inspect(|o| o.revoke())
             .count()
     }
 
@@ -160,20 +258,58 @@ mod tests {
         r.attach(&bob, o2);
         let m = Arc::new(ServerMsg::Pong { nonce: 1 });
         assert_eq!(r.push_to_user(&bob, &m, Some(dev(2))), 1);
-        assert!(i1.rx.try_recv().is_ok());
-        assert!(i2.rx.try_recv().is_err());
+        assert!(matches!(i1.try_next(), Some(Next::Push(_))));
+        assert!(i2.try_next().is_none());
         r.detach(&bob, 1);
         r.detach(&bob, 2);
         assert!(!r.is_online(&bob));
     }
 
     #[test]
-    fn a_full_queue_trips_the_overflow_token() {
-        let (o, i) = outbox(1, dev(1), 2);
+    fn a_full_queue_ends_as_overflow_and_refuses_more() {
+        let (o, mut i) = outbox(1, dev(1), 2);
         let m = Arc::new(ServerMsg::Pong { nonce: 1 });
         assert!(o.push(&m) && o.push(&m));
-        assert!(!i.overflow.is_cancelled());
+        assert!(matches!(i.try_next(), Some(Next::Push(_))));
+        assert!(o.push(&m));
         assert!(!o.push(&m));
-        assert!(i.overflow.is_cancelled());
+        assert!(matches!(i.try_next(), Some(Next::Ended(QueueEnd::Overflow))));
+        assert!(
+            matches!(i.try_next(), Some(Next::Ended(QueueEnd::Overflow))),
+            "the end stays"
+        );
+        assert!(!o.push(&m));
+    }
+
+    #[test]
+    fn a_revoked_device_ends_its_queues_and_a_closed_queue_refuses_pushes() {
+        let r = LocalRouter::default();
+        let bob = UserName::parse("bob").unwrap();
+        let (o1, mut i1) = outbox(1, dev(1), 4);
+        let (o2, mut i2) = outbox(2, dev(2), 4);
+        r.attach(&bob, o1.clone());
+        r.attach(&bob, o2);
+        assert_eq!(r.revoke_device(&bob, dev(1)), 1);
+        assert!(matches!(i1.try_next(), Some(Next::Ended(QueueEnd::Revoked))));
+        assert!(i2.try_next().is_none());
+        drop(i1);
+        assert!(!o1.push(&Arc::new(ServerMsg::Pong { nonce: 1 })));
+    }
+
+    #[tokio::test]
+    async fn next_wakes_for_a_push_queued_before_or_while_waiting() {
+        let (o, mut i) = outbox(1, dev(1), 4);
+        let m = Arc::new(ServerMsg::Pong { nonce: 7 });
+        o.push(&m);
+        assert!(matches!(i.next().await, Next::Push(_)));
+        let pusher = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            o.push(&Arc::new(ServerMsg::Pong { nonce: 8 }));
+            o
+        });
+        assert!(matches!(i.next().await, Next::Push(_)));
+        let o = pusher.await.unwrap();
+        o.revoke();
+        assert_eq!(i.ended().await, QueueEnd::Revoked);
     }
 }

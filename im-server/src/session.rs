@@ -33,7 +33,7 @@ use crate::config::Registration;
 use crate::conn::{ByteStream, ConnError, Established, Transport, handshake};
 use crate::metrics::ConnectionGauge;
 use crate::ratelimit::UnauthGuard;
-use crate::router::{ConnId, Inbox, next_conn_id, outbox};
+use crate::router::{ConnId, Inbox, Next, QueueEnd, next_conn_id, outbox};
 use crate::state::{Shared, chat_message, now_ms};
 use crate::store::accounts::{AccountsError, UserId};
 use crate::store::messages::{Appended, NewMessage, StoredMessage};
@@ -217,6 +217,14 @@ async fn next_msg<S: ByteStream>(t: &mut Transport<S>, session: &mut Session) ->
             Some(Incoming::Close(_)) => return Ok(None),
             None => t.read_more(session).await?,
         }
+    }
+}
+
+/// The next queued push, if one is there now (the queue's end stays for the session loop).
+fn next_push(inbox: &mut Inbox) -> Option<Arc<ServerMsg>> {
+    match inbox.try_next() {
+        Some(Next::Push(push)) => Some(push),
+        _ => None,
     }
 }
 
@@ -599,7 +607,7 @@ impl Live {
             tokio::select! {
                 biased;
                 r = t.flush() => if let Err(e) = r { return e.into() },
-                _ = inbox.overflow.cancelled() => return End { abort: true, ..End::new(ErrorCode::QueueOverflow, "too slow to receive") },
+                QueueEnd::Overflow = inbox.ended() => return End { abort: true, ..End::new(ErrorCode::QueueOverflow, "too slow to receive") },
                 _ = shutdown.cancelled() => return End { abort: true, ..End::new(ErrorCode::ShuttingDown, "server shutting down") },
             }
             if self.logged_out {
@@ -609,10 +617,12 @@ impl Live {
             let step: Result<(), End> = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return End::new(ErrorCode::ShuttingDown, "server shutting down"),
-                _ = inbox.overflow.cancelled() => return End::new(ErrorCode::QueueOverflow, "too slow to receive; reconnect to catch up"),
-                _ = inbox.revoked.cancelled() => return End::new(ErrorCode::Revoked, "this device was revoked"),
                 Some(reply) = self.pending.next(), if !self.pending.is_empty() => self.reply_sent(t, session, reply),
-                Some(push) = inbox.rx.recv() => self.pushes(t, session, push, &mut inbox),
+                next = inbox.next() => match next {
+                    Next::Push(push) => self.pushes(t, session, push, &mut inbox),
+                    Next::Ended(QueueEnd::Overflow) => return End::new(ErrorCode::QueueOverflow, "too slow to receive; reconnect to catch up"),
+                    Next::Ended(QueueEnd::Revoked) => return End::new(ErrorCode::Revoked, "this device was revoked"),
+                },
                 r = t.read() => r.map_err(ConnError::from).and_then(|n| t.after_read(n, session)).map_err(End::from),
                 _ = tokio::time::sleep_until(keepalive) => self.keepalive(t, session).await,
             };
@@ -716,7 +726,7 @@ impl Live {
         while let Some(push) = next {
             if let ServerMsg::Message(m) = &*push {
                 if m.id.0 <= self.caught_up {
-                    next = inbox.rx.try_recv().ok();
+                    next = next_push(inbox);
                     continue;
                 }
                 self.track(m.id.0, &m.from, &m.to);
@@ -724,7 +734,7 @@ impl Live {
             }
             queue(t, session, &push)?;
             n += 1;
-            next = if n < COALESCE { inbox.rx.try_recv().ok() } else { None };
+            next = if n < COALESCE { next_push(inbox) } else { None };
         }
         Ok(())
     }
