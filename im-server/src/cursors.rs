@@ -24,14 +24,21 @@ type Batch = HashMap<(UserId, u64), u64>;
 /// The handle sessions save through. The worker starts on first use, on the runtime of the
 /// caller (tests and the fuzzer run sessions on runtimes of their own), and again if that
 /// runtime has gone.
-#[derive(Default)]
 pub struct Cursors {
+    accounts: Arc<Accounts>,
     tx: Mutex<Option<mpsc::UnboundedSender<(UserId, u64, u64)>>>,
 }
 
 impl Cursors {
+    pub fn new(accounts: Arc<Accounts>) -> Self {
+        Cursors {
+            accounts,
+            tx: Mutex::new(None),
+        }
+    }
+
     /// Queues a save of `device`'s cursor at `up_to`; returns at once.
-    pub fn save(&self, accounts: &Arc<Accounts>, user: UserId, device: u64, up_to: u64) {
+    pub fn save(&self, user: UserId, device: u64, up_to: u64) {
         let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         let update = (user, device, up_to);
         let update = match tx.as_ref().map(|t| t.send(update)) {
@@ -40,7 +47,7 @@ impl Cursors {
             None => update,
         };
         let (new_tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(worker(rx, accounts.clone()));
+        tokio::spawn(worker(rx, self.accounts.clone()));
         // The receiver is alive: the worker has not run yet.
         let _ = new_tx.send(update);
         *tx = Some(new_tx);
@@ -83,11 +90,11 @@ mod tests {
         let name = im_proto::UserName::parse("alice").expect("valid name");
         let alice = accounts.create_user(&name, "hash", 0).expect("user");
         accounts.touch_device(alice, 7, "phone", 0).expect("device");
-        let cursors = Cursors::default();
-        cursors.save(&accounts, alice, 7, 40);
-        cursors.save(&accounts, alice, 7, 30);
-        cursors.save(&accounts, alice, 8, 5); // no such device: skipped
-        cursors.save(&accounts, alice, 7, 42);
+        let cursors = Cursors::new(accounts.clone());
+        cursors.save(alice, 7, 40);
+        cursors.save(alice, 7, 30);
+        cursors.save(alice, 8, 5); // no such device: skipped
+        cursors.save(alice, 7, 42);
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         while accounts.cursor(alice, 7).expect("cursor") != Some(42) {
             assert!(tokio::time::Instant::now() < deadline, "the saves never landed");

@@ -76,14 +76,15 @@ impl Server {
                 "host key rotated: the previous key's endorsement is sent until the grace period ends"
             );
         }
-        let accounts = Accounts::open(&dir.accounts_path())?;
+        let accounts = Arc::new(Accounts::open(&dir.accounts_path())?);
         let (tx, committed) = mpsc::unbounded_channel();
         let log = MessageLog::open_with_sink(&dir.messages_path(), tx)?;
         let passwords = auth::Passwords::new(config.limits.password_hash_concurrency)?;
         let shared = Arc::new(Shared {
             limits: ratelimit::RateLimits::new(&config.limits),
             config,
-            accounts: Arc::new(accounts),
+            cursors: cursors::Cursors::new(accounts.clone()),
+            accounts,
             log,
             router: Arc::new(router::LocalRouter::default()),
             host_key: Arc::new(host_key),
@@ -91,7 +92,6 @@ impl Server {
             passwords,
             shutdown: CancellationToken::new(),
             social: social::State::default(),
-            cursors: cursors::Cursors::default(),
             started: Instant::now(),
         });
         Ok(Server { shared, committed })

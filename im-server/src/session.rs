@@ -821,7 +821,7 @@ impl Live {
     fn save_cursor(&mut self) {
         if self.acked > self.saved {
             let (uid, device) = (self.id.uid, self.id.device.get());
-            self.shared.cursors.save(&self.shared.accounts, uid, device, self.acked);
+            self.shared.cursors.save(uid, device, self.acked);
             self.saved = self.acked;
             self.saved_at = Instant::now();
         }

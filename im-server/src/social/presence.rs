@@ -93,7 +93,7 @@ impl Users {
     /// Whether online user `blocker` blocks `other` (false for users who are not online:
     /// their messages are not being delivered anyway).
     pub(super) fn blocks(&self, blocker: &UserName, other: &UserName) -> bool {
-        self.read().get(blocker).is_some_and(|u| u.blocks(other))
+        self.cached_block(blocker, other).unwrap_or(false)
     }
 
     /// Whether `user` blocks `other`, from their cached view: `None` when `user` is not online
