@@ -11,9 +11,9 @@
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
-use fjall::{Database, Keyspace, PersistMode, Readable, Snapshot};
+use fjall::{Keyspace, PersistMode, Readable, Snapshot};
 
-use super::{Keyspaces, MAX_JOURNAL_BYTES, MessageLog, StoreError, engine_error, io_error};
+use super::{Keyspaces, MessageLog, StoreError, engine_error, io_error};
 
 /// What a backup holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,10 +53,7 @@ impl MessageLog {
 
 fn copy(snapshot: &Snapshot, from: &Keyspaces, dest: &Path) -> Result<(), StoreError> {
     let eng = |e| engine_error(dest, e);
-    let db = Database::builder(dest)
-        .max_journaling_size(MAX_JOURNAL_BYTES)
-        .open()
-        .map_err(eng)?;
+    let db = super::open_database(dest).map_err(eng)?;
     let to = Keyspaces::open(&db).map_err(eng)?;
     let pairs = [
         (&from.msgs, &to.msgs),
