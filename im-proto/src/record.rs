@@ -13,6 +13,7 @@
 //! epoch in the header and refuses a key used past [`KEY_BLOCK_CEILING`] blocks.
 
 use bytes::BytesMut;
+use zeroize::Zeroizing;
 
 use crate::crypto::{BLOCK_LEN, BlowfishCtr, hmac_sha256, hmac_sha256_verify};
 use crate::frame::{Frame, FrameType, HEADER_LEN, Header};
@@ -63,13 +64,80 @@ fn blocks_for(len: usize) -> u64 {
     len.div_ceil(BLOCK_LEN) as u64
 }
 
+/// Keystream blocks a direction may compute ahead of its next records: a chat message's
+/// record or two. More is wasted work on a connection that goes quiet.
+pub const AHEAD_BLOCKS: usize = 32;
+
+/// A direction's expanded key schedule (4 KiB) and the keystream it computed ahead. CTR
+/// keystream does not depend on the data, so a connection can compute it while it waits
+/// ([`Sealer::prepare`]) and a record later costs only an XOR and the MAC: that takes the
+/// cipher off the path of a room message fanned out to thousands of members.
+struct Keyed {
+    ctr: BlowfishCtr,
+    /// The keystream of counter blocks `from..`, `len` bytes (whole blocks).
+    ahead: Zeroizing<[u8; AHEAD_BLOCKS * BLOCK_LEN]>,
+    from: u64,
+    len: usize,
+}
+
+impl Keyed {
+    fn new(keys: &EpochKeys) -> Self {
+        Keyed {
+            ctr: BlowfishCtr::new(&keys.enc, &keys.iv),
+            ahead: Zeroizing::new([0; AHEAD_BLOCKS * BLOCK_LEN]),
+            from: 0,
+            len: 0,
+        }
+    }
+
+    /// XORs one record's `buf` with the keystream from counter block `block` on, taking what
+    /// was computed ahead first. The record uses whole blocks, so what is left ahead starts
+    /// at the next record's first block.
+    fn apply(&mut self, block: u64, buf: &mut [u8]) {
+        let ready = if self.from == block { self.len.min(buf.len()) } else { 0 };
+        for (b, k) in buf[..ready].iter_mut().zip(self.ahead.iter()) {
+            *b ^= k;
+        }
+        if ready < buf.len() {
+            // `ready` is all that was ahead here, whole blocks.
+            self.ctr.apply(block + (ready / BLOCK_LEN) as u64, &mut buf[ready..]);
+        }
+        let used = buf.len().div_ceil(BLOCK_LEN) * BLOCK_LEN;
+        if self.from == block && used < self.len {
+            self.ahead.copy_within(used..self.len, 0);
+            self.len -= used;
+        } else {
+            self.len = 0;
+        }
+        self.from = block + (used / BLOCK_LEN) as u64;
+    }
+
+    /// Whether everything that may be computed ahead of block `next` is.
+    fn is_ready(&self, next: u64) -> bool {
+        self.from == next && self.len == self.ahead.len()
+    }
+
+    /// Computes the keystream ahead of block `next`, the next record's first.
+    fn prepare(&mut self, next: u64) {
+        if self.from != next {
+            self.from = next;
+            self.len = 0;
+        }
+        let have = self.len;
+        let rest = &mut self.ahead[have..];
+        rest.fill(0);
+        self.ctr.apply(next + (have / BLOCK_LEN) as u64, rest);
+        self.len = self.ahead.len();
+    }
+}
+
 /// One direction's state: the secret, the current epoch's keys and usage, the next sequence
-/// number. The expanded Blowfish schedule (4 KiB) is built on first use and can be dropped
-/// while idle ([`release`](Direction::release)); cloning re-expands rather than copies it.
+/// number. The expanded Blowfish schedule is built on first use and can be dropped while
+/// idle ([`release`](Direction::release)); cloning re-expands rather than copies it.
 struct Direction {
     secret: TrafficSecret,
     keys: EpochKeys,
-    cipher: Option<Box<BlowfishCtr>>,
+    cipher: Option<Box<Keyed>>,
     epoch: u16,
     blocks: u64,
     records: u64,
@@ -107,10 +175,22 @@ impl Direction {
         }
     }
 
-    fn cipher(&mut self) -> &mut BlowfishCtr {
+    fn cipher(&mut self) -> &mut Keyed {
         let keys = &self.keys;
-        self.cipher
-            .get_or_insert_with(|| Box::new(BlowfishCtr::new(&keys.enc, &keys.iv)))
+        self.cipher.get_or_insert_with(|| Box::new(Keyed::new(keys)))
+    }
+
+    /// Whether there is keystream to compute ahead: only while the schedule is held, since
+    /// expanding it for that would undo [`release`](Direction::release).
+    fn wants_prepare(&self) -> bool {
+        self.cipher.as_ref().is_some_and(|k| !k.is_ready(self.blocks))
+    }
+
+    fn prepare(&mut self) {
+        let next = self.blocks;
+        if let Some(k) = self.cipher.as_mut() {
+            k.prepare(next);
+        }
     }
 
     fn ratchet(&mut self) -> Result<(), RecordError> {
@@ -183,6 +263,18 @@ impl Sealer {
     /// Drops the expanded key schedule while the connection is idle.
     pub fn release(&mut self) {
         self.dir.release();
+    }
+
+    /// Whether [`prepare`](Sealer::prepare) has work: the key schedule is held and the
+    /// keystream ahead of the next record is not all computed.
+    pub fn wants_prepare(&self) -> bool {
+        self.dir.wants_prepare()
+    }
+
+    /// Computes up to [`AHEAD_BLOCKS`] of keystream for the next records, so that sealing
+    /// them costs only an XOR and the MAC. For idle moments; it never changes what is sealed.
+    pub fn prepare(&mut self) {
+        self.dir.prepare();
     }
 
     pub fn epoch(&self) -> u16 {
@@ -268,11 +360,118 @@ impl Opener {
         self.dir.release();
     }
 
+    /// [`Sealer::wants_prepare`] for the records to come.
+    pub fn wants_prepare(&self) -> bool {
+        self.dir.wants_prepare()
+    }
+
+    /// [`Sealer::prepare`] for the records to come: opening them then costs only the MAC
+    /// check and an XOR.
+    pub fn prepare(&mut self) {
+        self.dir.prepare();
+    }
+
     pub fn epoch(&self) -> u16 {
         self.dir.epoch
     }
 
     pub fn next_seq(&self) -> u32 {
         self.dir.seq
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::frame::FrameDecoder;
+
+    /// What a sender or receiver does between records.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Record(usize),
+        Prepare,
+        Release,
+    }
+
+    fn steps() -> impl Strategy<Value = Vec<Step>> {
+        let step = prop_oneof![
+            6 => (0usize..600).prop_map(Step::Record),
+            3 => Just(Step::Prepare),
+            1 => Just(Step::Release),
+        ];
+        proptest::collection::vec(step, 1..40)
+    }
+
+    fn policy() -> RekeyPolicy {
+        // Low, so that ratchets happen within a test and ahead keystream crosses them.
+        RekeyPolicy {
+            after_blocks: 300,
+            after_records: 7,
+            ceiling_blocks: 1_000,
+        }
+    }
+
+    proptest! {
+        /// Computing keystream ahead, at any moment, changes nothing on the wire, and a
+        /// receiver computing ahead at other moments opens every record.
+        #[test]
+        fn keystream_ahead_is_invisible(sender in steps(), receiver in steps()) {
+            let secret = TrafficSecret::from_bytes([7; 32]);
+            let mut plain = Sealer::new(secret.clone(), 1, policy());
+            let mut ahead = Sealer::new(secret.clone(), 1, policy());
+            let mut opener = Opener::new(secret, 1, policy());
+            // Between two records the receiver does what its steps say, up to the next Record.
+            let mut receiver = receiver.iter().chain([&Step::Record(0)]).cycle();
+            let (mut wire, mut sent) = (Vec::new(), Vec::new());
+            for (i, step) in sender.iter().enumerate() {
+                match step {
+                    Step::Record(len) => {
+                        let pt: Vec<u8> = (0..*len).map(|b| (b * 31 + i) as u8).collect();
+                        let mut a = Vec::new();
+                        plain.seal(FrameType::Data, &pt, &mut a).unwrap();
+                        ahead.seal(FrameType::Data, &pt, &mut wire).unwrap();
+                        prop_assert_eq!(&a[..], &wire[wire.len() - a.len()..]);
+                        sent.push(pt);
+                    }
+                    Step::Prepare => {
+                        ahead.prepare();
+                        prop_assert!(!ahead.wants_prepare());
+                    }
+                    Step::Release => {
+                        ahead.release();
+                        prop_assert!(!ahead.wants_prepare());
+                    }
+                }
+            }
+            let mut buf = BytesMut::from(&wire[..]);
+            let mut frames = FrameDecoder::new();
+            for pt in &sent {
+                loop {
+                    match receiver.next() {
+                        Some(Step::Prepare) => opener.prepare(),
+                        Some(Step::Release) => opener.release(),
+                        _ => break,
+                    }
+                }
+                let frame = frames.decode(&mut buf).unwrap().unwrap();
+                prop_assert_eq!(&opener.open(frame).unwrap()[..], &pt[..]);
+            }
+        }
+    }
+
+    #[test]
+    fn only_a_held_schedule_is_worth_preparing() {
+        let mut s = Sealer::new(TrafficSecret::from_bytes([7; 32]), 1, RekeyPolicy::default());
+        assert!(!s.wants_prepare(), "no schedule yet: preparing would expand one");
+        s.seal(FrameType::Data, b"hi", &mut Vec::new()).unwrap();
+        assert!(s.wants_prepare());
+        s.prepare();
+        assert!(!s.wants_prepare());
+        s.seal(FrameType::Data, b"hi", &mut Vec::new()).unwrap();
+        assert!(s.wants_prepare(), "a record used some of what was ahead");
+        s.release();
+        assert!(!s.wants_prepare());
     }
 }

@@ -126,6 +126,18 @@ impl Session {
         self.opener.release();
     }
 
+    /// Whether either direction has keystream to compute ahead (see [`Sealer::prepare`]).
+    pub fn wants_prepare(&self) -> bool {
+        self.sealer.wants_prepare() || self.opener.wants_prepare()
+    }
+
+    /// Computes keystream ahead for the records to come in both directions, where their key
+    /// schedules are held: for a connection with nothing else to do.
+    pub fn prepare(&mut self) {
+        self.sealer.prepare();
+        self.opener.prepare();
+    }
+
     /// Current key epochs (send, receive): for tests and diagnostics.
     pub fn epochs(&self) -> (u16, u16) {
         (self.sealer.epoch(), self.opener.epoch())
