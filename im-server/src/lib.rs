@@ -9,6 +9,7 @@
 //! - [`ratelimit`]: per-address, per-account and per-user limits.
 //! - [`auth`]: Argon2id passwords (off the reactor) and tickets.
 //! - [`conn`]: one connection's bytes and the server side of the handshake.
+//! - [`idle`]: the runtime's idle moments, for work that can wait.
 //! - [`session`]: login, catch-up, and the request/push loop of one connection.
 //! - [`cursors`]: live sessions' periodic cursor saves, batched into one commit.
 //! - [`social`]: rooms, contacts, presence, typing and blocking.
@@ -24,6 +25,7 @@ pub mod conn;
 pub mod control;
 pub mod cursors;
 pub mod datadir;
+pub mod idle;
 pub mod metrics;
 pub mod ratelimit;
 pub mod router;

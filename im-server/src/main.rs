@@ -307,7 +307,10 @@ fn serve(root: &Path, listen: Option<SocketAddr>, config: Option<&Path>) -> Resu
         Some(at) => Some((at, im_server::metrics::install().context("cannot set up metrics")?)),
         None => None,
     };
-    let runtime = tokio::runtime::Runtime::new()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(im_server::idle::parking)
+        .build()?;
     let socket = dir.control_socket_path();
     let served = runtime.block_on(async move {
         let server = Server::open(&dir, config)?;

@@ -625,6 +625,13 @@ impl Live {
                 },
                 r = t.read() => r.map_err(ConnError::from).and_then(|n| t.after_read(n, session)).map_err(End::from),
                 _ = tokio::time::sleep_until(keepalive) => self.keepalive(t, session).await,
+                // Once the runtime has nothing else to run: compute the keystream of the next
+                // records, so that a push later costs only an XOR and the MAC. Not earlier: in
+                // a room's fan-out that would delay the members written after this one.
+                _ = crate::idle::next(), if session.wants_prepare() => {
+                    session.prepare();
+                    Ok(())
+                }
             };
             if let Err(end) = step {
                 return end;
