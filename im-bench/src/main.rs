@@ -323,7 +323,10 @@ fn main() -> std::process::ExitCode {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(im::runtime_parking)
+        .build()?)
 }
 
 fn run(cli: Cli) -> Result<()> {
