@@ -35,10 +35,16 @@ pub enum QueueEnd {
     Revoked,
 }
 
+/// One entry of a connection's queue: usually one message, shared by every recipient of a
+/// fan-out. The receipts of one Ack travel as one entry: a device that acknowledges a long
+/// catch-up at once would otherwise fill the sender's queue in that instant, however fast
+/// the sender reads, and disconnect it as too slow.
+pub type Push = Arc<[ServerMsg]>;
+
 /// What the session takes from its queue next.
 #[derive(Debug)]
 pub enum Next {
-    Push(Arc<ServerMsg>),
+    Push(Push),
     Ended(QueueEnd),
 }
 
@@ -58,7 +64,7 @@ struct Queue {
 
 #[derive(Default)]
 struct QueueState {
-    pushes: VecDeque<Arc<ServerMsg>>,
+    pushes: VecDeque<Push>,
     end: Option<QueueEnd>,
     /// The session is gone: pushes are refused.
     closed: bool,
@@ -107,7 +113,7 @@ pub fn outbox(conn: ConnId, device: DeviceId, depth: usize) -> (Outbox, Inbox) {
 
 impl Outbox {
     /// Queues a push without waiting. A full queue ends it as too slow.
-    pub fn push(&self, msg: &Arc<ServerMsg>) -> bool {
+    pub fn push(&self, msg: &Push) -> bool {
         let mut state = self.queue.lock();
         if state.closed || state.end.is_some() {
             return false;
@@ -178,7 +184,7 @@ pub trait Router: Send + Sync + 'static {
     fn detach(&self, user: &UserName, conn: ConnId);
     /// Pushes to every connection of `user`, except those of `except_device`. Returns the
     /// number of connections that took it.
-    fn push_to_user(&self, user: &UserName, msg: &Arc<ServerMsg>, except_device: Option<DeviceId>) -> usize;
+    fn push_to_user(&self, user: &UserName, msg: &Push, except_device: Option<DeviceId>) -> usize;
     fn is_online(&self, user: &UserName) -> bool;
     /// Ends every connection of `user`'s `device` (the device was revoked). Returns how many.
     fn revoke_device(&self, user: &UserName, device: DeviceId) -> usize;
@@ -208,7 +214,7 @@ impl Router for LocalRouter {
         }
     }
 
-    fn push_to_user(&self, user: &UserName, msg: &Arc<ServerMsg>, except_device: Option<DeviceId>) -> usize {
+    fn push_to_user(&self, user: &UserName, msg: &Push, except_device: Option<DeviceId>) -> usize {
         let users = self.users.read().unwrap_or_else(|p| p.into_inner());
         let Some(list) = users.get(user) else { return 0 };
         list.iter()
@@ -256,7 +262,7 @@ mod tests {
         let (o2, mut i2) = outbox(2, dev(2), 4);
         r.attach(&bob, o1);
         r.attach(&bob, o2);
-        let m = Arc::new(ServerMsg::Pong { nonce: 1 });
+        let m = Push::from([ServerMsg::Pong { nonce: 1 }]);
         assert_eq!(r.push_to_user(&bob, &m, Some(dev(2))), 1);
         assert!(matches!(i1.try_next(), Some(Next::Push(_))));
         assert!(i2.try_next().is_none());
@@ -268,7 +274,7 @@ mod tests {
     #[test]
     fn a_full_queue_ends_as_overflow_and_refuses_more() {
         let (o, mut i) = outbox(1, dev(1), 2);
-        let m = Arc::new(ServerMsg::Pong { nonce: 1 });
+        let m = Push::from([ServerMsg::Pong { nonce: 1 }]);
         assert!(o.push(&m) && o.push(&m));
         assert!(matches!(i.try_next(), Some(Next::Push(_))));
         assert!(o.push(&m));
@@ -293,18 +299,18 @@ mod tests {
         assert!(matches!(i1.try_next(), Some(Next::Ended(QueueEnd::Revoked))));
         assert!(i2.try_next().is_none());
         drop(i1);
-        assert!(!o1.push(&Arc::new(ServerMsg::Pong { nonce: 1 })));
+        assert!(!o1.push(&Push::from([ServerMsg::Pong { nonce: 1 }])));
     }
 
     #[tokio::test]
     async fn next_wakes_for_a_push_queued_before_or_while_waiting() {
         let (o, mut i) = outbox(1, dev(1), 4);
-        let m = Arc::new(ServerMsg::Pong { nonce: 7 });
+        let m = Push::from([ServerMsg::Pong { nonce: 7 }]);
         o.push(&m);
         assert!(matches!(i.next().await, Next::Push(_)));
         let pusher = tokio::spawn(async move {
             tokio::task::yield_now().await;
-            o.push(&Arc::new(ServerMsg::Pong { nonce: 8 }));
+            o.push(&Push::from([ServerMsg::Pong { nonce: 8 }]));
             o
         });
         assert!(matches!(i.next().await, Next::Push(_)));

@@ -7,7 +7,7 @@
 //! group-commit thread while the loop keeps serving (replies to pipelined sends come back
 //! in order through `pending`).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -33,7 +33,7 @@ use crate::config::Registration;
 use crate::conn::{ByteStream, ConnError, Established, Transport, handshake};
 use crate::metrics::ConnectionGauge;
 use crate::ratelimit::UnauthGuard;
-use crate::router::{ConnId, Inbox, Next, QueueEnd, next_conn_id, outbox};
+use crate::router::{ConnId, Inbox, Next, Push, QueueEnd, next_conn_id, outbox};
 use crate::state::{Shared, chat_message, now_ms};
 use crate::store::accounts::{AccountsError, UserId};
 use crate::store::messages::{Appended, NewMessage, StoredMessage};
@@ -221,7 +221,7 @@ async fn next_msg<S: ByteStream>(t: &mut Transport<S>, session: &mut Session) ->
 }
 
 /// The next queued push, if one is there now (the queue's end stays for the session loop).
-fn next_push(inbox: &mut Inbox) -> Option<Arc<ServerMsg>> {
+fn next_push(inbox: &mut Inbox) -> Option<Push> {
     match inbox.try_next() {
         Some(Next::Push(push)) => Some(push),
         _ => None,
@@ -725,22 +725,23 @@ impl Live {
         &mut self,
         t: &mut Transport<S>,
         session: &mut Session,
-        first: Arc<ServerMsg>,
+        first: Push,
         inbox: &mut Inbox,
     ) -> Result<(), End> {
         let mut next = Some(first);
         let mut n = 0;
         while let Some(push) = next {
-            if let ServerMsg::Message(m) = &*push {
-                if m.id.0 <= self.caught_up {
-                    next = next_push(inbox);
-                    continue;
+            for msg in push.iter() {
+                if let ServerMsg::Message(m) = msg {
+                    if m.id.0 <= self.caught_up {
+                        continue;
+                    }
+                    self.track(m.id.0, &m.from, &m.to);
+                    crate::metrics::delivered(1);
                 }
-                self.track(m.id.0, &m.from, &m.to);
-                crate::metrics::delivered(1);
+                queue(t, session, msg)?;
+                n += 1;
             }
-            queue(t, session, &push)?;
-            n += 1;
             next = if n < COALESCE { next_push(inbox) } else { None };
         }
         Ok(())
@@ -959,15 +960,19 @@ impl Live {
             return;
         }
         self.acked = up_to;
+        // One push per sender, however many messages this Ack covers (see `Push`).
+        let mut receipts: HashMap<UserName, Vec<ServerMsg>> = HashMap::new();
         while self.unacked.front().is_some_and(|(id, _)| *id <= up_to) {
             if let Some((id, from)) = self.unacked.pop_front() {
-                let receipt = Arc::new(ServerMsg::Receipt {
+                receipts.entry(from).or_default().push(ServerMsg::Receipt {
                     id: MessageId(id),
                     user: self.id.user.clone(),
                     device_id: self.id.device,
                 });
-                self.shared.router.push_to_user(&from, &receipt, None);
             }
+        }
+        for (from, receipts) in receipts {
+            self.shared.router.push_to_user(&from, &Push::from(receipts), None);
         }
     }
 

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Passwords;
 use crate::config::Config;
 use crate::ratelimit::RateLimits;
-use crate::router::Router;
+use crate::router::{Push, Router};
 use crate::store::accounts::{Accounts, AccountsError};
 use crate::store::messages::{MessageLog, StoredMessage};
 
@@ -79,7 +79,7 @@ pub fn chat_message(m: &StoredMessage) -> ChatMessage {
 pub async fn dispatch(shared: Arc<Shared>, mut committed: mpsc::UnboundedReceiver<StoredMessage>) {
     while let Some(m) = committed.recv().await {
         let sender_device = DeviceId::new(m.sender_device);
-        let push = Arc::new(ServerMsg::Message(chat_message(&m)));
+        let push = Push::from([ServerMsg::Message(chat_message(&m))]);
         match &m.to {
             Target::User(to) => {
                 shared.router.push_to_user(to, &push, None);

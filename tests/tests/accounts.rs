@@ -7,7 +7,7 @@ use std::time::Duration;
 use harness::raw::Raw;
 use harness::*;
 use im_proto::Target;
-use im_proto::msg::{ClientMsg, ErrorCode, RequestId};
+use im_proto::msg::{ClientMsg, ErrorCode, MessageId, RequestId, ServerMsg};
 
 #[test]
 fn every_exit_code_for_real() {
@@ -213,4 +213,40 @@ fn graceful_shutdown_sends_close_and_exits_0() {
     };
     assert!(status.success(), "exit status {status:?}");
     let _ = RequestId(0);
+}
+
+#[test]
+fn one_ack_for_a_long_catch_up_does_not_overflow_the_senders_queue() {
+    // Bob catches up 300 messages from alice and acknowledges them with one Ack: alice, online
+    // with a queue of 16, must receive all 300 receipts and stay connected. Each receipt queued
+    // as its own push would overflow her queue in that instant however fast she reads.
+    let server = Server::start_with_config(Some(
+        "[limits]\noutbound_queue = 16\nmessages_per_user_per_sec = 100000\nmessage_burst_per_user = 100000\n",
+    ));
+    let alice = server.user("alice");
+    let bob = server.user("bob");
+    let input: String = (0..300).map(|i| format!("message {i}\n")).collect();
+    alice.command(&["send", "--lines", "bob"]).stdin(input).run().ok();
+    let mut online = Raw::login(&server.addr, "alice", &alice.password);
+    let mut reader = Raw::login(&server.addr, "bob", &bob.password);
+    let mut last = MessageId(0);
+    let mut got = 0;
+    while got < 300 {
+        match reader.recv() {
+            Some(ServerMsg::Message(m)) => (last, got) = (m.id, got + 1),
+            Some(_) => {} // the ticket, presence
+            None => panic!("bob's connection ended after {got} messages"),
+        }
+    }
+    reader.send(&ClientMsg::Ack { up_to: last });
+    let mut receipts = 0;
+    while receipts < 300 {
+        match online.next() {
+            Some(Ok(ServerMsg::Receipt { user, .. })) if user.as_str() == "bob" => receipts += 1,
+            Some(Ok(_)) => {}
+            Some(Err(close)) => panic!("alice was disconnected after {receipts} receipts: {close:?}"),
+            None => panic!("alice's connection ended after {receipts} receipts"),
+        }
+    }
+    assert!(!server.log().contains("queue_overflow"), "{}", server.log());
 }

@@ -7,6 +7,7 @@ use im_proto::UserName;
 use im_proto::msg::{Contact, ContactState, ErrorCode, RequestId, ServerMsg};
 
 use super::{NOT_ALLOWED, Refusal, Reply, fit, opt_str_size, presence, str_size};
+use crate::router::Push;
 use crate::session::Identity;
 use crate::state::Shared;
 use crate::store::accounts::{self, ContactOutcome, UserId};
@@ -19,11 +20,11 @@ fn wire_state(s: accounts::ContactState) -> ContactState {
     }
 }
 
-fn contact_update(user: &UserName, state: Option<ContactState>) -> Arc<ServerMsg> {
-    Arc::new(ServerMsg::ContactUpdate {
+fn contact_update(user: &UserName, state: Option<ContactState>) -> Push {
+    Push::from([ServerMsg::ContactUpdate {
         user: user.clone(),
         state,
-    })
+    }])
 }
 
 fn not_yourself(id: &Identity, user: &UserName) -> Result<(), Refusal> {

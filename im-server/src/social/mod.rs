@@ -33,6 +33,7 @@ use im_proto::limits::{MAX_LIST, MAX_RECORD_PLAINTEXT};
 use im_proto::msg::{ClientMsg, DeviceId, ErrorCode, RequestId, ServerMsg};
 use im_proto::{RoomName, Target, UserName};
 
+use crate::router::Push;
 use crate::session::Identity;
 use crate::state::Shared;
 use crate::store::accounts::AccountsError;
@@ -120,13 +121,7 @@ pub fn hidden(shared: &Shared, id: &Identity, m: &StoredMessage) -> bool {
 /// Routes one committed room message to the room's online members (and the sender's other
 /// devices), in the dispatcher's commit order. Synchronous and without database access: it
 /// reads the membership cache, which `may_send` loaded before the message was stored.
-pub fn fan_out(
-    shared: &Arc<Shared>,
-    room: &RoomName,
-    from: &UserName,
-    sender_device: Option<DeviceId>,
-    push: &Arc<ServerMsg>,
-) {
+pub fn fan_out(shared: &Arc<Shared>, room: &RoomName, from: &UserName, sender_device: Option<DeviceId>, push: &Push) {
     rooms::fan_out(shared, room, from, sender_device, push);
 }
 

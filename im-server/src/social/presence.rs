@@ -21,6 +21,7 @@ use im_proto::UserName;
 use im_proto::msg::{ContactState, Presence, PresenceInfo, RequestId, ServerMsg};
 
 use super::{Reply, fit, opt_str_size, str_size};
+use crate::router::Push;
 use crate::session::Identity;
 use crate::state::Shared;
 use crate::store::accounts::{AccountsError, UserId};
@@ -132,12 +133,12 @@ fn visible(users: &HashMap<UserName, Online>, viewer: &UserName, user: &UserName
     }
 }
 
-fn update(user: &UserName, shown: &Shown) -> Arc<ServerMsg> {
-    Arc::new(ServerMsg::PresenceUpdate(PresenceInfo {
+fn update(user: &UserName, shown: &Shown) -> Push {
+    Push::from([ServerMsg::PresenceUpdate(PresenceInfo {
         user: user.clone(),
         presence: shown.presence,
         text: shown.text.clone(),
-    }))
+    })])
 }
 
 /// The presence code stored in the accounts database: 0 until the user first chooses one.
@@ -329,10 +330,10 @@ pub(super) fn typing_to(shared: &Shared, id: &Identity, peer: &UserName) {
         .and_then(|u| u.view.as_ref())
         .is_some_and(|v| v.contacts.contains(peer));
     if contact && receives_from(&users, peer, &id.user) {
-        let push = Arc::new(ServerMsg::TypingNotice {
+        let push = Push::from([ServerMsg::TypingNotice {
             from: id.user.clone(),
             to: im_proto::Target::User(peer.clone()),
-        });
+        }]);
         shared.router.push_to_user(peer, &push, None);
     }
 }

@@ -26,6 +26,7 @@ use im_proto::msg::{
 use im_proto::{RoomName, Target, UserName};
 
 use super::{Refusal, Reply, fit, opt_str_size, presence, str_size};
+use crate::router::Push;
 use crate::session::Identity;
 use crate::state::{Shared, now_ms};
 use crate::store::accounts::{AccountsError, Role, UserId};
@@ -178,7 +179,7 @@ pub(super) fn fan_out(
     room: &RoomName,
     from: &UserName,
     sender_device: Option<DeviceId>,
-    push: &Arc<ServerMsg>,
+    push: &Push,
 ) {
     match shared.social.rooms.cached(room) {
         Some(r) => deliver(shared, &r, from, sender_device, push),
@@ -198,9 +199,9 @@ pub(super) fn fan_out(
     }
 }
 
-fn deliver(shared: &Shared, r: &Room, from: &UserName, sender_device: Option<DeviceId>, push: &Arc<ServerMsg>) {
-    let id = match &**push {
-        ServerMsg::Message(m) => m.id.0,
+fn deliver(shared: &Shared, r: &Room, from: &UserName, sender_device: Option<DeviceId>, push: &Push) {
+    let id = match push.first() {
+        Some(ServerMsg::Message(m)) => m.id.0,
         _ => u64::MAX,
     };
     let members = read(&r.members);
@@ -225,10 +226,10 @@ pub(super) async fn typing(shared: &Shared, id: &Identity, room: &RoomName) {
     if !members.contains_key(&id.user) {
         return;
     }
-    let push = Arc::new(ServerMsg::TypingNotice {
+    let push = Push::from([ServerMsg::TypingNotice {
         from: id.user.clone(),
         to: Target::Room(room.clone()),
-    });
+    }]);
     let users = shared.social.users.read();
     for name in members.keys().filter(|n| **n != id.user) {
         if presence::receives_from(&users, name, &id.user) {
@@ -247,14 +248,14 @@ fn event(
     by: Option<&UserName>,
     topic: Option<String>,
 ) {
-    let push = Arc::new(ServerMsg::RoomEvent {
+    let push = Push::from([ServerMsg::RoomEvent {
         room: room.clone(),
         kind,
         user: user.clone(),
         by: by.cloned(),
         topic,
         ts: Timestamp(now_ms()),
-    });
+    }]);
     let members = read(&r.members);
     for name in members.keys() {
         shared.router.push_to_user(name, &push, None);
