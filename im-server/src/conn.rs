@@ -40,23 +40,32 @@ pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 
 impl ByteStream for tokio::net::TcpStream {
     async fn read_ready(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        loop {
-            self.readable().await?;
-            // Readiness can be stale (the last read did not drain the socket), so an empty
-            // buffer reads into the stack first and gets heap space only once bytes are there.
-            let r = if buf.is_empty() {
-                let mut chunk = [0u8; READ_CHUNK];
-                self.try_read(&mut chunk)
-                    .inspect(|&n| buf.extend_from_slice(&chunk[..n]))
-            } else {
-                buf.reserve(READ_CHUNK);
-                self.try_read_buf(buf)
-            };
-            match r {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return r,
+        // `poll_read_ready` keeps the task's waker in the socket's one reader slot; the
+        // `readable()` future would add it to a waiter list and take it out again every
+        // time the session wakes for something else.
+        std::future::poll_fn(|cx| {
+            loop {
+                if let Err(e) = std::task::ready!(self.poll_read_ready(cx)) {
+                    return Poll::Ready(Err(e));
+                }
+                // Readiness can be stale (the last read did not drain the socket), so an
+                // empty buffer reads into the stack first and gets heap space only once bytes
+                // are there.
+                let r = if buf.is_empty() {
+                    let mut chunk = [0u8; READ_CHUNK];
+                    self.try_read(&mut chunk)
+                        .inspect(|&n| buf.extend_from_slice(&chunk[..n]))
+                } else {
+                    buf.reserve(READ_CHUNK);
+                    self.try_read_buf(buf)
+                };
+                match r {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    r => return Poll::Ready(r),
+                }
             }
-        }
+        })
+        .await
     }
 }
 

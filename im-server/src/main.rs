@@ -317,13 +317,12 @@ fn serve(root: &Path, listen: Option<SocketAddr>, config: Option<&Path>) -> Resu
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
         tracing::info!(data_dir = %dir.root().display(), host_key = %server.fingerprint(), "im-server {} starting", env!("CARGO_PKG_VERSION"));
-        let shutdown = server.shared.shutdown.clone();
         if let Some((at, handle)) = metrics {
             let scrapes = tokio::net::TcpListener::bind(at)
                 .await
                 .with_context(|| format!("cannot serve metrics on {at} (metrics_listen)"))?;
             im_server::metrics::announce(scrapes.local_addr()?);
-            tokio::spawn(im_server::metrics::serve(scrapes, handle, shutdown.clone()));
+            tokio::spawn(im_server::metrics::serve(scrapes, handle, server.shared.shutdown.clone()));
         }
         match control::bind(&dir) {
             Ok(l) => {
@@ -335,10 +334,11 @@ fn serve(root: &Path, listen: Option<SocketAddr>, config: Option<&Path>) -> Resu
                 "no control socket: `im-server status` and `backup` cannot reach this server"
             ),
         }
+        let shared = server.shared.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutting down: closing every connection");
-            shutdown.cancel();
+            shared.shut_down();
         });
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {local}")?;

@@ -11,12 +11,13 @@
 //! [`LocalRouter`] without touching session code.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::task::{Context, Poll};
 
+use futures_util::task::AtomicWaker;
 use im_proto::UserName;
 use im_proto::msg::{DeviceId, ServerMsg};
-use tokio::sync::Notify;
 
 /// Identifies one connection for the lifetime of the process.
 pub type ConnId = u64;
@@ -33,6 +34,8 @@ pub enum QueueEnd {
     Overflow,
     /// The connection's device was revoked.
     Revoked,
+    /// The server is shutting down.
+    ShuttingDown,
 }
 
 /// One entry of a connection's queue: usually one message, shared by every recipient of a
@@ -54,11 +57,12 @@ const KEEP_QUEUE: usize = 64;
 
 /// One connection's push queue, shared by its two ends. An empty queue allocates nothing
 /// (tokio's bounded channel held about 800 bytes per connection, idle or not), and its end is
-/// part of it, so a session waits on one thing for pushes, overflow and revocation.
+/// part of it, so a session waits on one thing for pushes, overflow, revocation and shutdown.
 struct Queue {
     state: Mutex<QueueState>,
-    /// Wakes the session; one waiter, so a wake-up before it waits is kept as a permit.
-    wake: Notify,
+    /// The session's task, woken by a push or the end. One task waits, so a waker slot is
+    /// enough: no waiter list to lock, nothing to unregister when the session stops waiting.
+    waker: AtomicWaker,
     depth: usize,
 }
 
@@ -77,7 +81,7 @@ impl Queue {
 
     fn end(&self, why: QueueEnd) {
         self.lock().end.get_or_insert(why);
-        self.wake.notify_one();
+        self.waker.wake();
     }
 }
 
@@ -98,7 +102,7 @@ pub struct Inbox {
 pub fn outbox(conn: ConnId, device: DeviceId, depth: usize) -> (Outbox, Inbox) {
     let queue = Arc::new(Queue {
         state: Mutex::new(QueueState::default()),
-        wake: Notify::new(),
+        waker: AtomicWaker::new(),
         depth: depth.max(1),
     });
     (
@@ -125,12 +129,12 @@ impl Outbox {
         }
         let queued = state.end.is_none();
         drop(state);
-        self.queue.wake.notify_one();
+        self.queue.waker.wake();
         queued
     }
 
-    fn revoke(&self) {
-        self.queue.end(QueueEnd::Revoked);
+    fn end(&self, why: QueueEnd) {
+        self.queue.end(why);
     }
 }
 
@@ -150,22 +154,24 @@ impl Inbox {
 
     /// Waits for the queue's end or its next push. Cancel-safe.
     pub async fn next(&mut self) -> Next {
-        loop {
-            if let Some(next) = self.try_next() {
-                return next;
-            }
-            self.queue.wake.notified().await;
-        }
+        std::future::poll_fn(|cx| self.poll(cx, Self::try_next)).await
     }
 
     /// Waits until the queue ends, leaving pushes queued. Cancel-safe.
-    pub async fn ended(&self) -> QueueEnd {
-        loop {
-            if let Some(why) = self.queue.lock().end {
-                return why;
-            }
-            self.queue.wake.notified().await;
-            // That wake-up may have been for a push, which `next` finds in the queue.
+    pub async fn ended(&mut self) -> QueueEnd {
+        std::future::poll_fn(|cx| self.poll(cx, |i| i.queue.lock().end)).await
+    }
+
+    /// `check`, or, when it finds nothing, a wake-up once a push or the end arrives. It checks
+    /// again after registering, so what arrived in between is not missed.
+    fn poll<T>(&mut self, cx: &mut Context<'_>, mut check: impl FnMut(&mut Self) -> Option<T>) -> Poll<T> {
+        if let Some(t) = check(self) {
+            return Poll::Ready(t);
+        }
+        self.queue.waker.register(cx.waker());
+        match check(self) {
+            Some(t) => Poll::Ready(t),
+            None => Poll::Pending,
         }
     }
 }
@@ -190,17 +196,26 @@ pub trait Router: Send + Sync + 'static {
     fn revoke_device(&self, user: &UserName, device: DeviceId) -> usize;
     /// Connections counted by the router: for status and metrics.
     fn connections(&self) -> usize;
+    /// Ends every connection's queue as shutting down, and the queue of every connection
+    /// attached from now on. Sessions learn of the shutdown this way, from the one thing they
+    /// wait on anyway, rather than each polling a shared token on every wake-up.
+    fn shut_down(&self);
 }
 
 /// In-process routing: a map from user to their connections' outboxes.
 #[derive(Default)]
 pub struct LocalRouter {
     users: RwLock<HashMap<UserName, Vec<Outbox>>>,
+    /// Set under the write lock, so an attach either sees it or is ended by `shut_down`.
+    shutting_down: AtomicBool,
 }
 
 impl Router for LocalRouter {
     fn attach(&self, user: &UserName, outbox: Outbox) {
         let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
+        if self.shutting_down.load(Ordering::Relaxed) {
+            outbox.end(QueueEnd::ShuttingDown);
+        }
         users.entry(user.clone()).or_default().push(outbox);
     }
 
@@ -232,7 +247,7 @@ impl Router for LocalRouter {
         let Some(list) = users.get(user) else { return 0 };
         list.iter()
             .filter(|o| o.device == device)
-            .inspect(|o| o.revoke())
+            .inspect(|o| o.end(QueueEnd::Revoked))
             .count()
     }
 
@@ -243,6 +258,14 @@ impl Router for LocalRouter {
             .values()
             .map(Vec::len)
             .sum()
+    }
+
+    fn shut_down(&self) {
+        let users = self.users.write().unwrap_or_else(|p| p.into_inner());
+        self.shutting_down.store(true, Ordering::Relaxed);
+        for o in users.values().flatten() {
+            o.end(QueueEnd::ShuttingDown);
+        }
     }
 }
 
@@ -303,6 +326,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn shutting_down_ends_every_queue_and_every_later_one() {
+        let r = LocalRouter::default();
+        let bob = UserName::parse("bob").unwrap();
+        let (o1, mut i1) = outbox(1, dev(1), 4);
+        r.attach(&bob, o1);
+        r.shut_down();
+        assert!(matches!(i1.try_next(), Some(Next::Ended(QueueEnd::ShuttingDown))));
+        // A session that finished logging in after the shutdown began.
+        let (o2, mut i2) = outbox(2, dev(2), 4);
+        r.attach(&bob, o2);
+        assert_eq!(i2.ended().await, QueueEnd::ShuttingDown);
+    }
+
+    #[tokio::test]
     async fn next_wakes_for_a_push_queued_before_or_while_waiting() {
         let (o, mut i) = outbox(1, dev(1), 4);
         let m = Push::from([ServerMsg::Pong { nonce: 7 }]);
@@ -315,7 +352,7 @@ mod tests {
         });
         assert!(matches!(i.next().await, Next::Push(_)));
         let o = pusher.await.unwrap();
-        o.revoke();
+        o.end(QueueEnd::Revoked);
         assert_eq!(i.ended().await, QueueEnd::Revoked);
     }
 }

@@ -220,6 +220,15 @@ async fn next_msg<S: ByteStream>(t: &mut Transport<S>, session: &mut Session) ->
     }
 }
 
+/// How a session ends when its queue does.
+fn ended(why: QueueEnd) -> End {
+    match why {
+        QueueEnd::Overflow => End::new(ErrorCode::QueueOverflow, "too slow to receive; reconnect to catch up"),
+        QueueEnd::Revoked => End::new(ErrorCode::Revoked, "this device was revoked"),
+        QueueEnd::ShuttingDown => End::new(ErrorCode::ShuttingDown, "server shutting down"),
+    }
+}
+
 /// The next queued push, if one is there now (the queue's end stays for the session loop).
 fn next_push(inbox: &mut Inbox) -> Option<Push> {
     match inbox.try_next() {
@@ -591,8 +600,11 @@ impl Live {
         if let Err(end) = Box::pin(self.catch_up(t, session)).await {
             return end;
         }
-        let shutdown = self.shared.shutdown.clone();
         let ping_interval = self.shared.config.limits.ping_interval();
+        // One timer for the connection's life, moved only when its deadline does: a new one
+        // per wake-up would insert into and remove from the timer wheel on every push.
+        let keepalive = tokio::time::sleep_until(self.last_rx + ping_interval);
+        tokio::pin!(keepalive);
         loop {
             // Handle what input is buffered (some may have arrived while we were writing, see
             // Transport::flush), then write everything queued, then wait for the next event.
@@ -607,24 +619,26 @@ impl Live {
             tokio::select! {
                 biased;
                 r = t.flush() => if let Err(e) = r { return e.into() },
-                QueueEnd::Overflow = inbox.ended() => return End { abort: true, ..End::new(ErrorCode::QueueOverflow, "too slow to receive") },
-                _ = shutdown.cancelled() => return End { abort: true, ..End::new(ErrorCode::ShuttingDown, "server shutting down") },
+                why @ (QueueEnd::Overflow | QueueEnd::ShuttingDown) = inbox.ended() => return End { abort: true, ..ended(why) },
             }
             if self.logged_out {
                 return End::new(ErrorCode::Normal, "logged out");
             }
-            let keepalive = self.last_rx + ping_interval * if self.ping_out.is_some() { 2 } else { 1 };
+            let at = self.last_rx + ping_interval * if self.ping_out.is_some() { 2 } else { 1 };
+            if keepalive.deadline() != at {
+                keepalive.as_mut().reset(at);
+            }
             let step: Result<(), End> = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return End::new(ErrorCode::ShuttingDown, "server shutting down"),
                 Some(reply) = self.pending.next(), if !self.pending.is_empty() => self.reply_sent(t, session, reply),
                 next = inbox.next() => match next {
                     Next::Push(push) => self.pushes(t, session, push, &mut inbox),
-                    Next::Ended(QueueEnd::Overflow) => return End::new(ErrorCode::QueueOverflow, "too slow to receive; reconnect to catch up"),
-                    Next::Ended(QueueEnd::Revoked) => return End::new(ErrorCode::Revoked, "this device was revoked"),
+                    Next::Ended(why) => return ended(why),
                 },
                 r = t.read() => r.map_err(ConnError::from).and_then(|n| t.after_read(n, session)).map_err(End::from),
-                _ = tokio::time::sleep_until(keepalive) => self.keepalive(t, session).await,
+                // Every firing moves the deadline (a Ping doubles it; a second firing ends
+                // the session), so a fired timer is always reset above.
+                _ = &mut keepalive => self.keepalive(t, session).await,
                 // Once the runtime has nothing else to run: compute the keystream of the next
                 // records, so that a push later costs only an XOR and the MAC. Not earlier: in
                 // a room's fan-out that would delay the members written after this one.

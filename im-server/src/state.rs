@@ -30,7 +30,9 @@ pub struct Shared {
     pub endorsement: Option<Arc<Endorsement>>,
     pub limits: RateLimits,
     pub passwords: Passwords,
-    /// Fires once on SIGINT/SIGTERM: every connection sends Close and ends.
+    /// Fires once on SIGINT/SIGTERM ([`Shared::shut_down`]): the listeners stop and every
+    /// connection sends Close and ends. Cancel it only through `shut_down`, which also tells
+    /// the logged-in sessions.
     pub shutdown: CancellationToken,
     /// Rooms' membership and online users' contacts, blocks and presence, cached.
     pub social: crate::social::State,
@@ -40,6 +42,13 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Starts the shutdown: connections still logging in and the listeners watch the token,
+    /// logged-in sessions their push queues.
+    pub fn shut_down(&self) {
+        self.shutdown.cancel();
+        self.router.shut_down();
+    }
+
     /// Runs a blocking accounts-database call on the blocking pool.
     pub async fn db<T, F>(&self, f: F) -> Result<T, AccountsError>
     where

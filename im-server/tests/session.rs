@@ -276,7 +276,7 @@ async fn a_retried_send_is_stored_once_and_shutdown_sends_close() {
     let second = a.dm(1, "bob", "once").await; // same client id "c1"
     assert_eq!(first, second);
     assert_eq!(f.shared.log.stats().appended, 1);
-    f.shared.shutdown.cancel();
+    f.shared.shut_down();
     let close = a.recv().await.unwrap_err();
     assert_eq!(close.code, ErrorCode::ShuttingDown);
 }

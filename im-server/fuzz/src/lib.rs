@@ -292,7 +292,7 @@ impl Fixture {
             dispatcher,
             ..
         } = old;
-        shared.shutdown.cancel();
+        shared.shut_down();
         dispatcher.abort();
         let _ = self.rt.block_on(dispatcher);
         let log = shared.log.clone();
