@@ -18,18 +18,9 @@ use im_proto::{RoomName, UserName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
 use crate::sys::connect_retry;
-
-/// Woken whenever one of the runtime's threads is about to park, that is, has run every ready
-/// task ([`runtime_parking`]): the moment for work that can wait.
-static IDLE: Notify = Notify::const_new();
-
-/// For the runtime's `on_thread_park`.
-pub fn runtime_parking() {
-    IDLE.notify_waiters();
-}
 
 /// The password every benchmark account has.
 pub const PASSWORD: &str = "im-bench password";
@@ -270,7 +261,7 @@ impl Reader {
             let read = tokio::select! {
                 biased;
                 r = self.stream.read_buf(&mut self.buf) => r?,
-                _ = IDLE.notified(), if self.session.wants_prepare() => {
+                _ = im_server::idle::next(), if self.session.wants_prepare() => {
                     self.session.prepare();
                     continue;
                 }

@@ -325,7 +325,8 @@ fn main() -> std::process::ExitCode {
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .on_thread_park(im::runtime_parking)
+        // Readers compute keystream ahead at idle moments, as the server's sessions do.
+        .on_thread_park(im_server::idle::parking)
         .build()?)
 }
 
