@@ -91,17 +91,21 @@ pub async fn argon2(cpus: Option<&str>, threads: usize, secs: f64) -> Result<Rat
     .await
 }
 
-/// Appends per second to a fresh message log under `dir`, by `concurrency` appenders each
-/// writing direct messages of its own conversation, as the DM scenario's senders do.
-pub async fn store(cpus: Option<&str>, dir: &Path, concurrency: usize, secs: f64) -> Result<Rate> {
+/// Appends per second to a fresh message log under `dir`: direct messages in `conversations`
+/// conversations, as the DM scenario's senders write them, each with `depth` appends in
+/// flight, as a session pipelines a client's sends. Enough in flight makes this the log's
+/// ceiling: its group commits grow with what is queued.
+pub async fn store(cpus: Option<&str>, dir: &Path, conversations: usize, depth: usize, secs: f64) -> Result<Rate> {
     run_rate(
         cpus,
         &[
             "__store-bound".into(),
             "--dir".into(),
             dir.display().to_string(),
-            "--concurrency".into(),
-            concurrency.to_string(),
+            "--conversations".into(),
+            conversations.to_string(),
+            "--depth".into(),
+            depth.to_string(),
             "--secs".into(),
             secs.to_string(),
         ],
@@ -178,16 +182,16 @@ pub fn text(len: usize) -> String {
 pub const TEXT_LEN: usize = 100;
 
 /// `__store-bound`
-pub async fn store_main(dir: &Path, concurrency: usize, secs: f64) -> Result<()> {
+pub async fn store_main(dir: &Path, conversations: usize, depth: usize, secs: f64) -> Result<()> {
     let tmp = tempfile::Builder::new().prefix("im-bench-store-").tempdir_in(dir)?;
     let log = MessageLog::open(tmp.path())?;
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let t0 = Instant::now();
     let mut tasks = Vec::new();
-    for p in 0..concurrency {
+    for p in 0..conversations * depth {
         let log = log.clone();
         tasks.push(tokio::spawn(async move {
-            let (from, to) = dm_pair(p);
+            let (from, to) = dm_pair(p % conversations.max(1));
             let mut n = 0u64;
             while Instant::now() < deadline {
                 log.append(NewMessage {
@@ -196,7 +200,7 @@ pub async fn store_main(dir: &Path, concurrency: usize, secs: f64) -> Result<()>
                     client_id: format!("s-{p}-{n}"),
                     action: false,
                     text: text(TEXT_LEN),
-                    sender_device: p as u64 + 1,
+                    sender_device: (p % conversations.max(1)) as u64 + 1,
                 })
                 .await?;
                 n += 1;

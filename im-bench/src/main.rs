@@ -173,7 +173,9 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
         #[arg(long)]
-        concurrency: usize,
+        conversations: usize,
+        #[arg(long)]
+        depth: usize,
         #[arg(long)]
         secs: f64,
     },
@@ -336,8 +338,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Worker => return runtime()?.block_on(worker::main()),
         Command::SignBound { key, threads, secs } => return bounds::sign_main(&key, threads, secs),
         Command::Argon2Bound { threads, secs } => return bounds::argon2_main(threads, secs),
-        Command::StoreBound { dir, concurrency, secs } => {
-            return runtime()?.block_on(bounds::store_main(&dir, concurrency, secs));
+        Command::StoreBound {
+            dir,
+            conversations,
+            depth,
+            secs,
+        } => {
+            return runtime()?.block_on(bounds::store_main(&dir, conversations, depth, secs));
         }
         Command::FanoutFloor => return runtime()?.block_on(bounds::floor_main()),
         Command::Idle => "idle",
