@@ -25,6 +25,7 @@ pub mod conn;
 pub mod control;
 pub mod cursors;
 pub mod datadir;
+pub mod handoff;
 pub mod idle;
 pub mod metrics;
 pub mod ratelimit;
@@ -39,14 +40,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::datadir::{DataDir, DataDirError};
 use crate::state::Shared;
 use crate::store::accounts::{Accounts, AccountsError};
-use crate::store::messages::{MessageLog, StoreError, StoredMessage};
+use crate::store::messages::{MessageLog, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -63,7 +63,7 @@ pub enum StartError {
 /// A server with its stores open, ready to serve.
 pub struct Server {
     pub shared: Arc<Shared>,
-    committed: mpsc::UnboundedReceiver<StoredMessage>,
+    committed: handoff::Committed,
 }
 
 impl Server {
@@ -79,8 +79,8 @@ impl Server {
             );
         }
         let accounts = Arc::new(Accounts::open(&dir.accounts_path())?);
-        let (tx, committed) = mpsc::unbounded_channel();
-        let log = MessageLog::open_with_sink(&dir.messages_path(), tx)?;
+        let (sink, committed) = handoff::handoff();
+        let log = MessageLog::open_with_sink(&dir.messages_path(), sink)?;
         let passwords = auth::Passwords::new(config.limits.password_hash_concurrency)?;
         let shared = Arc::new(Shared {
             limits: ratelimit::RateLimits::new(&config.limits),

@@ -43,6 +43,11 @@ use crate::store::messages::{Appended, NewMessage, StoredMessage};
 const COALESCE: usize = 256;
 /// Direct messages remembered per connection for delivery receipts.
 const RECEIPT_WINDOW: usize = 4096;
+/// Requests of one connection being answered at once (mostly sends waiting for their
+/// commit). Past it the session stops reading, which holds the client back through TCP: a
+/// client that sends faster than the log commits would otherwise queue sends here without
+/// bound, each waiting on the writer's full queue and woken one by one.
+const MAX_PENDING: usize = 256;
 /// An active connection saves its cursor at most this often (and always when it ends).
 const CURSOR_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// Room left in a record for the reply's own fields when a page of messages is cut to fit.
@@ -635,7 +640,9 @@ impl Live {
                     Next::Push(push) => self.pushes(t, session, push, &mut inbox),
                     Next::Ended(why) => return ended(why),
                 },
-                r = t.read() => r.map_err(ConnError::from).and_then(|n| t.after_read(n, session)).map_err(End::from),
+                // A client with this many requests unanswered is read again once some are:
+                // its sends wait in its socket, not as futures here.
+                r = t.read(), if self.pending.len() < MAX_PENDING => r.map_err(ConnError::from).and_then(|n| t.after_read(n, session)).map_err(End::from),
                 // Every firing moves the deadline (a Ping doubles it; a second firing ends
                 // the session), so a fired timer is always reset above.
                 _ = &mut keepalive => self.keepalive(t, session).await,

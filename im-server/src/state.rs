@@ -9,11 +9,11 @@ use im_proto::Target;
 use im_proto::handshake::Endorsement;
 use im_proto::hostkey::RsaSigner;
 use im_proto::msg::{ChatMessage, DeviceId, MessageId, ServerMsg, Timestamp};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Passwords;
 use crate::config::Config;
+use crate::handoff::Committed;
 use crate::ratelimit::RateLimits;
 use crate::router::{Push, Router};
 use crate::store::accounts::{Accounts, AccountsError};
@@ -85,19 +85,29 @@ pub fn chat_message(m: &StoredMessage) -> ChatMessage {
 
 /// Routes each committed message, in the order the log committed them, so that every
 /// connection receives messages in id order and a device's cursor never skips one.
-pub async fn dispatch(shared: Arc<Shared>, mut committed: mpsc::UnboundedReceiver<StoredMessage>) {
-    while let Some(m) = committed.recv().await {
-        let sender_device = DeviceId::new(m.sender_device);
-        let push = Push::from([ServerMsg::Message(chat_message(&m))]);
-        match &m.to {
-            Target::User(to) => {
-                shared.router.push_to_user(to, &push, None);
-                if to != &m.from {
-                    shared.router.push_to_user(&m.from, &push, sender_device);
-                }
-            }
-            Target::Room(room) => crate::social::fan_out(&shared, room, &m.from, sender_device, &push),
+pub async fn dispatch(shared: Arc<Shared>, mut committed: Committed) {
+    while let Some(batch) = committed.recv().await {
+        for m in &batch {
+            // Other tasks get their turn as often as when messages came one per `recv`.
+            tokio::task::coop::consume_budget().await;
+            route(&shared, m);
         }
+        committed.routed(batch.len());
+    }
+}
+
+/// Pushes one committed message to its recipients' connections.
+fn route(shared: &Arc<Shared>, m: &StoredMessage) {
+    let sender_device = DeviceId::new(m.sender_device);
+    let push = Push::from([ServerMsg::Message(chat_message(m))]);
+    match &m.to {
+        Target::User(to) => {
+            shared.router.push_to_user(to, &push, None);
+            if to != &m.from {
+                shared.router.push_to_user(&m.from, &push, sender_device);
+            }
+        }
+        Target::Room(room) => crate::social::fan_out(shared, room, &m.from, sender_device, &push),
     }
 }
 

@@ -646,15 +646,15 @@ fn foreign_and_unknown_directories_are_refused() {
 #[test]
 fn routing_sink_gets_new_messages_in_id_order_and_sender_device_is_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let log = MessageLog::open_with_sink(dir.path(), tx).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log = MessageLog::open_with_sink(dir.path(), Box::new(move |b| tx.send(b).unwrap())).unwrap();
     let mut m = msg("alice", "bob", "c1", "from a phone");
     m.sender_device = 4711;
     let first = log.append_blocking(m.clone()).unwrap().into_message();
     assert_eq!(first.sender_device, 4711);
     assert!(matches!(log.append_blocking(m).unwrap(), Appended::Duplicate(_)));
     let second = append(&log, "bob", "#r", "no device");
-    let routed: Vec<StoredMessage> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    let routed: Vec<StoredMessage> = std::iter::from_fn(|| rx.try_recv().ok()).flatten().collect();
     assert_eq!(
         routed,
         vec![first.clone(), second],
@@ -668,4 +668,21 @@ fn routing_sink_gets_new_messages_in_id_order_and_sender_device_is_kept() {
         page[0].sender_device, 4711,
         "the device survives the round trip to disk"
     );
+}
+
+#[test]
+fn a_blocking_sink_holds_the_next_sender_until_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let log = MessageLog::open_with_sink(dir.path(), Box::new(move |b| tx.send(b).unwrap())).unwrap();
+    let first = append(&log, "alice", "bob", "fills the sink");
+    let second = std::thread::spawn({
+        let log = log.clone();
+        move || append(&log, "alice", "bob", "waits for room")
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!second.is_finished(), "acknowledged while routing had no room for it");
+    assert_eq!(rx.recv().unwrap(), [first]);
+    let second = second.join().unwrap();
+    assert_eq!(rx.recv().unwrap(), [second]);
 }

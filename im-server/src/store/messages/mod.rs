@@ -263,6 +263,9 @@ fn io_error(path: &Path, e: std::io::Error) -> StoreError {
 /// Where timestamps come from: milliseconds since the Unix epoch. Injectable for tests.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
+/// Takes each commit's new messages on the writer thread ([`MessageLog::open_with_sink`]).
+pub type Sink = Box<dyn FnMut(Vec<StoredMessage>) + Send>;
+
 /// The wall clock.
 pub fn system_clock() -> Clock {
     Arc::new(|| {
@@ -401,11 +404,12 @@ impl MessageLog {
         MessageLog::open_inner(dir, system_clock(), None)
     }
 
-    /// [`open`](MessageLog::open), and every newly stored message is also sent to `sink`,
-    /// in id order, once it is durable and before its sender is answered: the feed for
-    /// routing messages to their recipients. Duplicates are not sent again. A dropped
-    /// receiver is ignored.
-    pub fn open_with_sink(dir: &Path, sink: mpsc::UnboundedSender<StoredMessage>) -> Result<MessageLog, StoreError> {
+    /// [`open`](MessageLog::open), and every newly stored message is also given to `sink`,
+    /// each commit's as one batch in id order, once it is durable and before its senders are
+    /// answered: the feed for routing messages to their recipients. Duplicates are not given
+    /// again. The sink runs on the writer thread and may block: that holds back every sender
+    /// (routing's back-pressure).
+    pub fn open_with_sink(dir: &Path, sink: Sink) -> Result<MessageLog, StoreError> {
         MessageLog::open_inner(dir, system_clock(), Some(sink))
     }
 
@@ -415,11 +419,7 @@ impl MessageLog {
         MessageLog::open_inner(dir, clock, None)
     }
 
-    fn open_inner(
-        dir: &Path,
-        clock: Clock,
-        sink: Option<mpsc::UnboundedSender<StoredMessage>>,
-    ) -> Result<MessageLog, StoreError> {
+    fn open_inner(dir: &Path, clock: Clock, sink: Option<Sink>) -> Result<MessageLog, StoreError> {
         let path = dir.to_path_buf();
         let existing = inspect_directory(&path)?;
         if existing {

@@ -18,7 +18,9 @@ use im_proto::limits::MAX_ID;
 use tokio::sync::{mpsc, oneshot};
 
 use super::record::{self, DAY_MS};
-use super::{Appended, Clock, Conversation, Keyspaces, NewMessage, Shared, StoreError, StoredMessage, engine_error};
+use super::{
+    Appended, Clock, Conversation, Keyspaces, NewMessage, Shared, Sink, StoreError, StoredMessage, engine_error,
+};
 
 /// Most requests in one commit: bounds the batch's memory and the latency of its first
 /// sender. At 100-byte messages that is well under a megabyte of journal per fsync.
@@ -54,8 +56,9 @@ pub(super) struct Writer {
     pub next_id: u64,
     /// The newest timestamp handed out; timestamps never go backwards.
     pub last_ts: u64,
-    /// Where newly stored messages go once durable, in id order (routing).
-    pub sink: Option<mpsc::UnboundedSender<StoredMessage>>,
+    /// Where newly stored messages go once durable, in id order (routing). It may block,
+    /// and with it every sender.
+    pub sink: Option<Sink>,
 }
 
 impl Writer {
@@ -169,13 +172,15 @@ impl Writer {
             self.shared.commits.fetch_add(1, Ordering::Relaxed);
             self.shared.appended.fetch_add(new_count, Ordering::Relaxed);
             crate::metrics::committed(started.elapsed(), new_count);
-            if let Some(sink) = &self.sink {
-                for o in &outcomes {
-                    if let Ok(Appended::New(m)) = o {
-                        // A closed receiver means nobody routes any more: not our failure.
-                        let _ = sink.send(m.clone());
-                    }
-                }
+            if let Some(sink) = &mut self.sink {
+                let routed = outcomes
+                    .iter()
+                    .filter_map(|o| match o {
+                        Ok(Appended::New(m)) => Some(m.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                sink(routed);
             }
         }
         self.last_ts = now;
@@ -267,7 +272,7 @@ mod tests {
         // A second writer over the same store, driven by hand so the batch is exactly ours.
         let (_tx, rx) = mpsc::channel(1);
         let shared = Arc::new(Shared::default());
-        let (sink, mut routed) = mpsc::unbounded_channel();
+        let (sink, routed) = std::sync::mpsc::channel();
         let mut w = Writer {
             path: dir.path().to_owned(),
             db: log.inner.db.clone(),
@@ -277,7 +282,7 @@ mod tests {
             clock: Arc::new(|| 1_000),
             next_id: 1,
             last_ts: 5_000, // the clock is behind: timestamps must not go backwards
-            sink: Some(sink),
+            sink: Some(Box::new(move |batch| sink.send(batch).unwrap())),
         };
         let (reqs, mut answers): (Vec<_>, Vec<_>) = [req("a", "x"), req("a", "x"), req("b", "x"), req("a", "")]
             .into_iter()
@@ -297,8 +302,8 @@ mod tests {
         assert_eq!(w.next_id, 4);
         // The new ones, not the duplicate, went to the routing sink, in id order.
         let mut sunk = Vec::new();
-        while let Ok(m) = routed.try_recv() {
-            sunk.push(m.id);
+        while let Ok(batch) = routed.try_recv() {
+            sunk.extend(batch.iter().map(|m| m.id));
         }
         assert_eq!(sunk, [1, 2, 3]);
     }
