@@ -43,7 +43,10 @@ pub struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(sealer: Sealer, opener: Opener) -> Self {
+    /// A session over two directions keyed elsewhere. The handshake is what makes them; a
+    /// stand-in for a peer (im-bench's fan-out floor, which seals one record for many
+    /// recipients keyed alike) may too.
+    pub fn new(sealer: Sealer, opener: Opener) -> Self {
         Session {
             sealer,
             opener,
@@ -59,6 +62,15 @@ impl Session {
             return Err(SessionError::Closed);
         }
         Ok(self.sealer.seal(FrameType::Data, plaintext, out)?)
+    }
+
+    /// Appends a sealed Data record whose plaintext (one encoded message) `write` appends to
+    /// `out`, encrypted in place: see [`Sealer::seal_with`].
+    pub fn seal_with(&mut self, out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) -> Result<(), SessionError> {
+        if self.we_closed {
+            return Err(SessionError::Closed);
+        }
+        Ok(self.sealer.seal_with(FrameType::Data, out, write)?)
     }
 
     /// Appends a sealed Close record; nothing can be sent after it.

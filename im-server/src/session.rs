@@ -196,10 +196,8 @@ async fn close<S: ByteStream>(t: &mut Transport<S>, session: &mut Session, end: 
 
 /// Seals one message into the write buffer.
 fn queue<S>(t: &mut Transport<S>, session: &mut Session, msg: &ServerMsg) -> Result<(), End> {
-    let mut plain = Zeroizing::new(Vec::new());
-    msg.encode(&mut plain);
     session
-        .seal(&plain, &mut t.wbuf)
+        .seal_with(&mut t.wbuf, |out| msg.encode(out))
         .map_err(|e| End::new(ErrorCode::Internal, e.to_string()))
 }
 
