@@ -90,14 +90,14 @@ pub async fn dispatch(shared: Arc<Shared>, mut committed: Committed) {
         for m in &batch {
             // Other tasks get their turn as often as when messages came one per `recv`.
             tokio::task::coop::consume_budget().await;
-            route(&shared, m);
+            route(&shared, m).await;
         }
         committed.routed(batch.len());
     }
 }
 
 /// Pushes one committed message to its recipients' connections.
-fn route(shared: &Arc<Shared>, m: &StoredMessage) {
+async fn route(shared: &Arc<Shared>, m: &StoredMessage) {
     let sender_device = DeviceId::new(m.sender_device);
     let push = Push::from([ServerMsg::Message(chat_message(m))]);
     match &m.to {
@@ -107,7 +107,7 @@ fn route(shared: &Arc<Shared>, m: &StoredMessage) {
                 shared.router.push_to_user(&m.from, &push, sender_device);
             }
         }
-        Target::Room(room) => crate::social::fan_out(shared, room, &m.from, sender_device, &push),
+        Target::Room(room) => crate::social::fan_out(shared, room, &m.from, sender_device, &push).await,
     }
 }
 

@@ -308,3 +308,67 @@ async fn retention_deletes_old_messages_and_keeps_new_ones() {
         }
     }
 }
+
+/// A room larger than several turns of the dispatcher's fan-out (it pushes 64 members at a
+/// time and yields in between, resuming after the last name it visited): every member gets
+/// every message exactly once and in order, whichever turn or turn boundary it falls on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_over_several_turns_reaches_every_member_once_in_order() {
+    const MEMBERS: usize = 150;
+    const MESSAGES: u32 = 4;
+    let mut config = Config::default();
+    config.limits.handshakes_per_ip_per_sec = 100_000;
+    config.limits.handshake_burst_per_ip = 100_000;
+    config.limits.logins_per_ip_per_min = 100_000;
+    config.limits.unauthenticated_per_ip = 100_000;
+    let f = fixture(config);
+    let room = Target::parse("#big").unwrap();
+    let mut members = Vec::new();
+    for i in 0..MEMBERS {
+        let mut c = f.register(&format!("m{i:03}")).await;
+        c.send(&ClientMsg::Join {
+            req: RequestId(2),
+            room: im_proto::RoomName::parse("#big").unwrap(),
+        })
+        .await;
+        loop {
+            match c.recv().await.unwrap() {
+                ServerMsg::Ok { req: RequestId(2) } => break,
+                ServerMsg::RoomEvent { .. } => continue,
+                other => panic!("join: {other:?}"),
+            }
+        }
+        members.push(c);
+    }
+    let mut sender = members.remove(MEMBERS / 2);
+    let mut sent = Vec::new();
+    for k in 0..MESSAGES {
+        sender
+            .send(&ClientMsg::Send {
+                req: RequestId(10 + k),
+                to: room.clone(),
+                client_id: format!("big-{k}"),
+                action: false,
+                text: format!("message {k}"),
+            })
+            .await;
+        loop {
+            match sender.recv().await.unwrap() {
+                ServerMsg::Sent { id, .. } => break sent.push(id.0),
+                ServerMsg::RoomEvent { .. } => continue,
+                other => panic!("send: {other:?}"),
+            }
+        }
+    }
+    for (i, c) in members.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        while got.len() < sent.len() {
+            match c.recv().await.unwrap() {
+                ServerMsg::Message(m) => got.push(m.id.0),
+                ServerMsg::RoomEvent { .. } => continue,
+                other => panic!("member {i}: {other:?}"),
+            }
+        }
+        assert_eq!(got, sent, "member {i}");
+    }
+}

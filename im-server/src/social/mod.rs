@@ -119,10 +119,17 @@ pub fn hidden(shared: &Shared, id: &Identity, m: &StoredMessage) -> bool {
 }
 
 /// Routes one committed room message to the room's online members (and the sender's other
-/// devices), in the dispatcher's commit order. Synchronous and without database access: it
-/// reads the membership cache, which `may_send` loaded before the message was stored.
-pub fn fan_out(shared: &Arc<Shared>, room: &RoomName, from: &UserName, sender_device: Option<DeviceId>, push: &Push) {
-    rooms::fan_out(shared, room, from, sender_device, push);
+/// devices), in the dispatcher's commit order. Without database access: it reads the
+/// membership cache, which `may_send` loaded before the message was stored. It yields
+/// between turns of members, so that the first members' tasks write while it goes on.
+pub async fn fan_out(
+    shared: &Arc<Shared>,
+    room: &RoomName,
+    from: &UserName,
+    sender_device: Option<DeviceId>,
+    push: &Push,
+) {
+    rooms::fan_out(shared, room, from, sender_device, push).await;
 }
 
 /// Passes a typing notice on: to an accepted contact, or to the online members of a room the

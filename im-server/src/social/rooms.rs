@@ -172,9 +172,16 @@ pub(super) async fn history_scope(
     }
 }
 
+/// Members pushed to per turn of a room message's fan-out. The dispatcher yields between
+/// turns, so the members pushed so far are written while it goes on: a fan-out to thousands
+/// otherwise ran its whole loop (about a microsecond per member) before the first member's
+/// task could write, and the last member waited for both.
+const FAN_OUT_TURN: usize = 64;
+
 /// Pushes a room message to every online member who joined before it and does not block
-/// its sender; the sending device has its `Sent`.
-pub(super) fn fan_out(
+/// its sender; the sending device has its `Sent`. Called by the dispatcher alone, which
+/// routes nothing else until this returns, so every member still gets messages in id order.
+pub(super) async fn fan_out(
     shared: &Arc<Shared>,
     room: &RoomName,
     from: &UserName,
@@ -182,7 +189,7 @@ pub(super) fn fan_out(
     push: &Push,
 ) {
     match shared.social.rooms.cached(room) {
-        Some(r) => deliver(shared, &r, from, sender_device, push),
+        Some(r) => deliver(shared, &r, from, sender_device, push).await,
         None => {
             // Only a message stored without `may_send` (a server-side tool) finds the room
             // unloaded: load it, then deliver, off the dispatcher.
@@ -190,7 +197,7 @@ pub(super) fn fan_out(
             let (shared, room, from, push) = (shared.clone(), room.clone(), from.clone(), push.clone());
             tokio::spawn(async move {
                 match get(&shared, &room).await {
-                    Ok(Some(r)) => deliver(&shared, &r, &from, sender_device, &push),
+                    Ok(Some(r)) => deliver(&shared, &r, &from, sender_device, &push).await,
                     Ok(None) => tracing::warn!(%room, "message to a room that does not exist"),
                     Err(e) => tracing::error!(%room, error = %e, "loading room members failed"),
                 }
@@ -199,19 +206,43 @@ pub(super) fn fan_out(
     }
 }
 
-fn deliver(shared: &Shared, r: &Room, from: &UserName, sender_device: Option<DeviceId>, push: &Push) {
+/// [`FAN_OUT_TURN`] members at a time, in name order, each turn under the locks and resuming
+/// after the last name of the one before: members who join meanwhile joined after the
+/// message and are skipped, members who leave are not visited.
+async fn deliver(shared: &Shared, r: &Room, from: &UserName, sender_device: Option<DeviceId>, push: &Push) {
+    use std::ops::Bound::{Excluded, Unbounded};
     let id = match push.first() {
         Some(ServerMsg::Message(m)) => m.id.0,
         _ => u64::MAX,
     };
-    let members = read(&r.members);
-    let users = shared.social.users.read();
-    for (name, m) in members.iter() {
-        if m.joined_at >= id || !presence::receives_from(&users, name, from) {
-            continue;
+    let mut after: Option<UserName> = None;
+    loop {
+        let last = {
+            let members = read(&r.members);
+            let users = shared.social.users.read();
+            let turn = match &after {
+                Some(a) => members.range::<UserName, _>((Excluded(a), Unbounded)),
+                None => members.range::<UserName, _>(..),
+            };
+            let mut last = None;
+            for (i, (name, m)) in turn.enumerate() {
+                if i == FAN_OUT_TURN {
+                    break;
+                }
+                last = Some(name);
+                if m.joined_at >= id || !presence::receives_from(&users, name, from) {
+                    continue;
+                }
+                let except = if name == from { sender_device } else { None };
+                shared.router.push_to_user(name, push, except);
+            }
+            last.cloned()
+        };
+        match last {
+            Some(name) => after = Some(name),
+            None => return,
         }
-        let except = if name == from { sender_device } else { None };
-        shared.router.push_to_user(name, push, except);
+        tokio::task::yield_now().await;
     }
 }
 
