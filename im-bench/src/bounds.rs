@@ -220,8 +220,10 @@ pub async fn store_main(dir: &Path, conversations: usize, depth: usize, secs: f6
 // ---------------------------------------------------------------------------------------
 // The raw-send floor of a fan-out.
 
-/// Bytes of one floor message: about what a sealed room message is on the wire.
+/// Bytes of one unsealed floor message: about what a sealed room message is on the wire.
 pub const FLOOR_MSG_LEN: usize = 200;
+/// The largest message the floor passes on.
+pub const FLOOR_MAX_MSG: usize = 64 * 1024;
 
 /// A running fan-out floor server (a child process on the server's CPUs).
 pub struct Floor {
@@ -262,8 +264,8 @@ type Members = Arc<RwLock<Vec<mpsc::Sender<Arc<[u8]>>>>>;
 /// to each member's socket, no crypto, no store. Each member connection has its own task and
 /// bounded queue, and a message is fanned out by pushing one shared buffer into every queue,
 /// as im-server's router does, so the writes spread over all worker threads. A sender
-/// connection writes 8-byte sequence numbers; each becomes one [`FLOOR_MSG_LEN`]-byte message
-/// to every member. Ends when stdin closes.
+/// connection writes messages each prefixed with its length (4 bytes, big-endian, at most
+/// [`FLOOR_MAX_MSG`]); each goes to every member as it is. Ends when stdin closes.
 pub async fn floor_main() -> Result<()> {
     crate::sys::raise_nofile();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -298,11 +300,13 @@ pub async fn floor_main() -> Result<()> {
                     }
                 }
                 FLOOR_SENDER => {
-                    let mut seq = [0u8; 8];
+                    let mut len = [0u8; 4];
                     loop {
-                        s.read_exact(&mut seq).await?;
-                        let mut msg = vec![0u8; FLOOR_MSG_LEN];
-                        msg[..8].copy_from_slice(&seq);
+                        s.read_exact(&mut len).await?;
+                        let len = u32::from_be_bytes(len) as usize;
+                        anyhow::ensure!(len <= FLOOR_MAX_MSG, "a floor message of {len} bytes");
+                        let mut msg = vec![0u8; len];
+                        s.read_exact(&mut msg).await?;
                         let msg: Arc<[u8]> = msg.into();
                         for tx in members.read().await.iter() {
                             let _ = tx.try_send(msg.clone());

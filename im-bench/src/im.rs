@@ -243,6 +243,15 @@ pub struct Reader {
 }
 
 impl Reader {
+    /// A reader over a stream whose session was keyed without a handshake.
+    pub fn new(stream: OwnedReadHalf, session: Session) -> Reader {
+        Reader {
+            stream,
+            session,
+            buf: BytesMut::new(),
+        }
+    }
+
     /// Every complete record that has arrived, or waits for more. Empty only never: returns at
     /// least one event, or an error at end of stream.
     pub async fn recv_batch(&mut self, events: &mut Vec<Event>) -> Result<()> {

@@ -238,6 +238,16 @@ impl Ctx {
     /// server starts and returns the accounts it made. For an external server without a data
     /// directory, `register` names are registered over the protocol instead.
     pub async fn im_server(&self, names: &[im_proto::UserName]) -> Result<(ImServer, Vec<seed::Account>)> {
+        self.im_server_pinging(names, crate::target::PING_INTERVAL_SECS).await
+    }
+
+    /// [`im_server`](Ctx::im_server) with its own keepalive interval (for a server this run
+    /// starts).
+    pub async fn im_server_pinging(
+        &self,
+        names: &[im_proto::UserName],
+        ping_interval_secs: u64,
+    ) -> Result<(ImServer, Vec<seed::Account>)> {
         if let Some(addr) = self.opts.server {
             let pid = self.opts.server_pid.context("--server needs --server-pid")?;
             let server = ImServer::external(addr, pid, self.opts.data_dir.clone(), self.server_cpus.as_deref())?;
@@ -266,6 +276,7 @@ impl Ctx {
             work_dir: &self.work_dir,
             cpus: self.server_cpus.as_deref(),
             keep: self.opts.keep,
+            ping_interval_secs,
             before_start: &mut before,
         })?;
         eprintln!(

@@ -67,11 +67,34 @@ impl Schedule {
 pub struct Pacer {
     schedule: Schedule,
     next: u64,
+    precise: bool,
 }
 
+/// How long before a due time a precise pacer stops sleeping on tokio's timer and spins.
+const SPIN: Duration = Duration::from_millis(2);
+
 impl Pacer {
+    /// Waits on tokio's timer, which fires on whole milliseconds: a send goes out up to about
+    /// 1 ms after it was due, the same lateness in every message of a stream (they share the
+    /// phase against the millisecond ticks), and it counts into the latency. Fine for the
+    /// rate ladders, where a spinning sender per stream would take the bench's core.
     pub fn new(schedule: Schedule) -> Self {
-        Pacer { schedule, next: 0 }
+        Pacer {
+            schedule,
+            next: 0,
+            precise: false,
+        }
+    }
+
+    /// Sleeps to [`SPIN`] before each due time, then yields in a loop until it: a send goes
+    /// out within microseconds of its due time, at the cost of up to [`SPIN`] of the bench's
+    /// core per send. For sparse schedules whose latencies are a millisecond or two, where the
+    /// timer's lateness would be a third of the figure and vary between runs with its phase.
+    pub fn precise(schedule: Schedule) -> Self {
+        Pacer {
+            precise: true,
+            ..Pacer::new(schedule)
+        }
     }
 
     /// The range of message numbers to send now; `None` when the stream is done.
@@ -81,7 +104,18 @@ impl Pacer {
         }
         let due = self.schedule.due(Instant::now());
         if due <= self.next {
-            tokio::time::sleep_until(self.schedule.at(self.next)).await;
+            let at = self.schedule.at(self.next);
+            if !self.precise {
+                tokio::time::sleep_until(at).await;
+            } else {
+                if let Some(early) = at.checked_sub(SPIN) {
+                    tokio::time::sleep_until(early).await;
+                }
+                // Each yield lets the runtime poll its I/O driver, so readers still run.
+                while Instant::now() < at {
+                    tokio::task::yield_now().await;
+                }
+            }
         }
         let due = self.schedule.due(Instant::now()).max(self.next + 1);
         let batch = self.next..due;

@@ -14,16 +14,14 @@ use anyhow::{Context, Result, bail};
 use crate::sys;
 
 /// The benchmark's config.toml: every per-user and per-address limit lifted, so the numbers
-/// show what the server can do rather than what it allows one address. Pings every 10 s, so
-/// that an idle run sees connections after a quiet ping interval (when the server drops
-/// their key schedules).
-pub fn bench_config(password_hash_concurrency: usize) -> String {
+/// show what the server can do rather than what it allows one address.
+pub fn bench_config(password_hash_concurrency: usize, ping_interval_secs: u64) -> String {
     format!(
         "# Written by im-bench: the limits a benchmark must lift (README.md, [limits]).\n\
          registration = \"open\"\n\
          [limits]\n\
          login_timeout_secs = 120\n\
-         ping_interval_secs = {PING_INTERVAL_SECS}\n\
+         ping_interval_secs = {ping_interval_secs}\n\
          max_connections = 0\n\
          unauthenticated_per_ip = 1000000\n\
          handshakes_per_ip_per_sec = 1000000\n\
@@ -37,7 +35,15 @@ pub fn bench_config(password_hash_concurrency: usize) -> String {
     )
 }
 
+/// The keepalive interval of most runs: short, so that an idle run sees connections after a
+/// quiet ping interval (when the server drops their key schedules).
 pub const PING_INTERVAL_SECS: u64 = 10;
+
+/// The `room` run's: no keepalive round during it. Thousands of members pinged at once take
+/// both cores for a moment (a Ping sealed and a Pong opened each, with their key schedules
+/// expanded again), which the fan-out floor, measured while im's members sit idle, would
+/// otherwise share at random; the IRC peers ping every two minutes by default.
+pub const ROOM_PING_INTERVAL_SECS: u64 = 600;
 
 /// Set when this run starts stopping the server: connections closed from then on are
 /// expected.
@@ -66,6 +72,7 @@ pub struct StartOptions<'a> {
     pub work_dir: &'a Path,
     pub cpus: Option<&'a str>,
     pub keep: bool,
+    pub ping_interval_secs: u64,
     /// Called with the data directory before the server starts (to seed accounts).
     pub before_start: &'a mut dyn FnMut(&Path) -> Result<()>,
 }
@@ -84,7 +91,7 @@ impl ImServer {
             None => sys::cpus_available(),
         };
         let datadir = im_server::datadir::DataDir::open_or_create(&data)?;
-        std::fs::write(datadir.config_path(), bench_config(cores))?;
+        std::fs::write(datadir.config_path(), bench_config(cores, o.ping_interval_secs))?;
         (o.before_start)(&data)?;
         let mut cmd = match o.cpus {
             Some(c) => {
