@@ -39,9 +39,10 @@ pub enum QueueEnd {
 }
 
 /// One entry of a connection's queue: usually one message, shared by every recipient of a
-/// fan-out. The receipts of one Ack travel as one entry: a device that acknowledges a long
-/// catch-up at once would otherwise fill the sender's queue in that instant, however fast
-/// the sender reads, and disconnect it as too slow.
+/// fan-out. The receipts for one sender of all the acks a session reads together travel as
+/// one entry: a device that acknowledges a long catch-up at once, in one Ack or one per
+/// message, would otherwise fill the sender's queue in that instant, however fast the sender
+/// reads, and disconnect it as too slow.
 pub type Push = Arc<[ServerMsg]>;
 
 /// What the session takes from its queue next.

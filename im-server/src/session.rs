@@ -662,6 +662,7 @@ impl Live {
     /// it ended), leave the router and presence, save the cursor, say goodbye.
     async fn finish<S: ByteStream>(mut self, mut t: Transport<S>, mut session: Session, conn: ConnId, end: End) {
         self.drain_acks(&mut t, &mut session);
+        self.receipts();
         if end.code == ErrorCode::QueueOverflow {
             crate::metrics::queue_overflow();
         }
@@ -789,6 +790,7 @@ impl Live {
                 Err(reply) => return Err(protocol_end(*reply)),
             }
         }
+        self.receipts();
         Ok(())
     }
 
@@ -973,13 +975,22 @@ impl Live {
         Ok(Some(reply))
     }
 
+    /// Moves the cursor; the receipts follow with [`receipts`](Live::receipts), once the
+    /// input at hand is handled.
     fn ack(&mut self, up_to: MessageId) {
         let up_to = up_to.0.min(self.caught_up.max(self.shared.log.last_id()));
-        if up_to <= self.acked {
-            return;
+        if up_to > self.acked {
+            self.acked = up_to;
         }
-        self.acked = up_to;
-        // One push per sender, however many messages this Ack covers (see `Push`).
+    }
+
+    /// Receipts for the direct messages acknowledged so far: one push per sender for all the
+    /// acks handled since the last call. Per Ack, a client that acknowledges each message on
+    /// its own would queue one push per message on the sender's connection at once when a
+    /// burst of its acks is read together, and overflow the queue of a sender that reads
+    /// perfectly well (see `Push`).
+    fn receipts(&mut self) {
+        let up_to = self.acked;
         let mut receipts: HashMap<UserName, Vec<ServerMsg>> = HashMap::new();
         while self.unacked.front().is_some_and(|(id, _)| *id <= up_to) {
             if let Some((id, from)) = self.unacked.pop_front() {

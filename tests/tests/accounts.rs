@@ -220,6 +220,27 @@ fn one_ack_for_a_long_catch_up_does_not_overflow_the_senders_queue() {
     // Bob catches up 300 messages from alice and acknowledges them with one Ack: alice, online
     // with a queue of 16, must receive all 300 receipts and stay connected. Each receipt queued
     // as its own push would overflow her queue in that instant however fast she reads.
+    receipts_reach_a_sender_with_a_short_queue(|reader, ids| {
+        reader.send(&ClientMsg::Ack {
+            up_to: *ids.last().unwrap(),
+        })
+    });
+}
+
+#[test]
+fn a_burst_of_acks_does_not_overflow_the_senders_queue() {
+    // The same with one Ack per message, all read by the server at once (a client that acks
+    // each message as it shows it, catching up): one push per Ack would overflow alice's
+    // queue as surely as one per receipt. The CI run of commit 05c8078 saw it happen live.
+    receipts_reach_a_sender_with_a_short_queue(|reader, ids| {
+        let acks: Vec<ClientMsg> = ids.iter().map(|&up_to| ClientMsg::Ack { up_to }).collect();
+        reader.send_all(&acks);
+    });
+}
+
+/// Bob catches up 300 messages from alice and acknowledges them with `ack`; alice, online
+/// with a queue of 16, must receive all 300 receipts and stay connected.
+fn receipts_reach_a_sender_with_a_short_queue(ack: impl FnOnce(&mut Raw, &[MessageId])) {
     let server = Server::start_with_config(Some(
         "[limits]\noutbound_queue = 16\nmessages_per_user_per_sec = 100000\nmessage_burst_per_user = 100000\n",
     ));
@@ -229,16 +250,15 @@ fn one_ack_for_a_long_catch_up_does_not_overflow_the_senders_queue() {
     alice.command(&["send", "--lines", "bob"]).stdin(input).run().ok();
     let mut online = Raw::login(&server.addr, "alice", &alice.password);
     let mut reader = Raw::login(&server.addr, "bob", &bob.password);
-    let mut last = MessageId(0);
-    let mut got = 0;
-    while got < 300 {
+    let mut ids = Vec::new();
+    while ids.len() < 300 {
         match reader.recv() {
-            Some(ServerMsg::Message(m)) => (last, got) = (m.id, got + 1),
+            Some(ServerMsg::Message(m)) => ids.push(m.id),
             Some(_) => {} // the ticket, presence
-            None => panic!("bob's connection ended after {got} messages"),
+            None => panic!("bob's connection ended after {} messages", ids.len()),
         }
     }
-    reader.send(&ClientMsg::Ack { up_to: last });
+    ack(&mut reader, &ids);
     let mut receipts = 0;
     while receipts < 300 {
         match online.next() {

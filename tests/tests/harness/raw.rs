@@ -65,6 +65,17 @@ impl Raw {
         self.stream.write_all(&out).unwrap();
     }
 
+    /// Sends `msgs` in one write, so that the server reads them together.
+    pub fn send_all(&mut self, msgs: &[ClientMsg]) {
+        let mut out = Vec::new();
+        for msg in msgs {
+            let mut plain = Vec::new();
+            msg.encode(&mut plain);
+            self.session.seal(&plain, &mut out).unwrap();
+        }
+        self.stream.write_all(&out).unwrap();
+    }
+
     /// The next server message; `None` after a Close (see [`Raw::closed`]) or EOF.
     pub fn recv(&mut self) -> Option<ServerMsg> {
         self.next()?.ok()
