@@ -217,31 +217,28 @@ async fn deliver(shared: &Shared, r: &Room, from: &UserName, sender_device: Opti
     };
     let mut after: Option<UserName> = None;
     loop {
-        let last = {
+        let (visited, last) = {
             let members = read(&r.members);
             let users = shared.social.users.read();
             let turn = match &after {
                 Some(a) => members.range::<UserName, _>((Excluded(a), Unbounded)),
                 None => members.range::<UserName, _>(..),
             };
-            let mut last = None;
-            for (i, (name, m)) in turn.enumerate() {
-                if i == FAN_OUT_TURN {
-                    break;
-                }
-                last = Some(name);
+            let (mut visited, mut last) = (0, None);
+            for (name, m) in turn.take(FAN_OUT_TURN) {
+                (visited, last) = (visited + 1, Some(name));
                 if m.joined_at >= id || !presence::receives_from(&users, name, from) {
                     continue;
                 }
                 let except = if name == from { sender_device } else { None };
                 shared.router.push_to_user(name, push, except);
             }
-            last.cloned()
+            (visited, last.cloned())
         };
-        match last {
-            Some(name) => after = Some(name),
-            None => return,
+        if visited < FAN_OUT_TURN {
+            return;
         }
+        after = last;
         tokio::task::yield_now().await;
     }
 }
