@@ -991,6 +991,10 @@ impl Live {
     /// perfectly well (see `Push`).
     fn receipts(&mut self) {
         let up_to = self.acked;
+        // Called after every batch of input: most have acknowledged nothing new.
+        if self.unacked.front().is_none_or(|(id, _)| *id > up_to) {
+            return;
+        }
         let mut receipts: HashMap<UserName, Vec<ServerMsg>> = HashMap::new();
         while self.unacked.front().is_some_and(|(id, _)| *id <= up_to) {
             if let Some((id, from)) = self.unacked.pop_front() {
