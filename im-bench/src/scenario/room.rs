@@ -412,18 +412,7 @@ async fn run_irc(ctx: &mut Ctx, sizes: &[usize], messages: usize) -> Result<()> 
         // Everyone's JOIN went to everyone already there: let that flood drain.
         tokio::time::sleep(Duration::from_millis(500 + size as u64 / 2)).await;
         eprintln!("{size} members joined {channel} in {:.1} s", t0.elapsed().as_secs_f64());
-        let sch = Schedule::for_stream(
-            Instant::now() + Duration::from_millis(50),
-            RATE,
-            1,
-            0,
-            messages as f64 / RATE,
-        );
-        let arrivals = Arrivals::new(messages);
-        current
-            .write()
-            .expect("not poisoned")
-            .insert(size, (arrivals.clone(), sch));
+        let (sch, arrivals) = start_measuring(&current, size, messages);
         let sender = sender.context("no members")?;
         let text = bounds::text(bounds::TEXT_LEN);
         let mut pacer = Pacer::precise(sch);
