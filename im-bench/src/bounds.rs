@@ -258,6 +258,17 @@ pub const FLOOR_SENDER: u8 = b'S';
 /// The floor's answer to a member once it is registered.
 pub const FLOOR_READY: u8 = b'k';
 
+/// Appends one message for a floor sender connection: its length (4 bytes, big-endian), then
+/// what `write` appends, which is what every member receives.
+pub fn floor_message<T>(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>) -> T) -> T {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let written = write(out);
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    written
+}
+
 type Members = Arc<RwLock<Vec<mpsc::Sender<Arc<[u8]>>>>>;
 
 /// `__fanout-floor`: the least any server must do to deliver a room message: one small write

@@ -158,8 +158,7 @@ async fn run_im(ctx: &mut Ctx, sizes: &[usize], messages: usize) -> Result<()> {
             for k in batch {
                 let mut msg = [0u8; FLOOR_MSG_LEN];
                 msg[..8].copy_from_slice(&((raw_key(size) as u64) << 32 | k).to_be_bytes());
-                out.extend_from_slice(&(FLOOR_MSG_LEN as u32).to_be_bytes());
-                out.extend_from_slice(&msg);
+                bounds::floor_message(&mut out, |o| o.extend_from_slice(&msg));
             }
             raw_sender.write_all(&out).await?;
         }
@@ -260,12 +259,11 @@ async fn sealed_floor(ctx: &Ctx, size: usize, messages: usize, current: &Current
         bounds::text(bounds::TEXT_LEN),
     );
     let mut pacer = Pacer::precise(sch);
-    let (mut out, mut plain) = (Vec::new(), Vec::new());
+    let mut out = Vec::new();
     while let Some(batch) = pacer.next_batch().await {
         out.clear();
         for k in batch {
-            plain.clear();
-            ServerMsg::Message(ChatMessage {
+            let msg = ServerMsg::Message(ChatMessage {
                 id: MessageId(k + 1),
                 ts: Timestamp(im_server::state::now_ms()),
                 from: from.clone(),
@@ -273,13 +271,8 @@ async fn sealed_floor(ctx: &Ctx, size: usize, messages: usize, current: &Current
                 client_id: format!("{key}-{k}"),
                 action: false,
                 text: text.clone(),
-            })
-            .encode(&mut plain);
-            let at = out.len();
-            out.extend_from_slice(&[0; 4]);
-            sealer.seal(&plain, &mut out)?;
-            let len = (out.len() - at - 4) as u32;
-            out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+            });
+            bounds::floor_message(&mut out, |o| sealer.seal_with(o, |o| msg.encode(o)))?;
         }
         sender.write_all(&out).await?;
     }
