@@ -217,6 +217,75 @@ pub async fn store_main(dir: &Path, conversations: usize, depth: usize, secs: f6
     print_rate(total, el)
 }
 
+/// What `__commit-bound` prints: the latency of one append to an idle message log.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Commit {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub count: u64,
+}
+
+/// The latency of a durable commit of one message, as a room message at `interval` meets it:
+/// appends to a fresh message log under `dir`, one at a time, `interval` apart, on the
+/// server's CPUs. No fan-out can reach its last member sooner than its floor plus this,
+/// because im routes a message only once the commit holding it is fsynced.
+pub async fn commit(cpus: Option<&str>, dir: &Path, messages: usize, interval: Duration) -> Result<Commit> {
+    let args = [
+        "__commit-bound".into(),
+        "--dir".into(),
+        dir.display().to_string(),
+        "--messages".into(),
+        messages.to_string(),
+        "--interval-ms".into(),
+        interval.as_millis().to_string(),
+    ];
+    let out = self_command(cpus)?
+        .args(&args)
+        .stderr(Stdio::inherit())
+        .output()
+        .await
+        .context("running the commit bound")?;
+    if !out.status.success() {
+        bail!("bound __commit-bound failed");
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).with_context(|| format!("bound printed {text:?}"))
+}
+
+/// `__commit-bound`
+pub async fn commit_main(dir: &Path, messages: usize, interval: Duration) -> Result<()> {
+    let c = commit_latency(dir, messages, interval).await?;
+    println!("{}", serde_json::to_string(&c)?);
+    Ok(())
+}
+
+async fn commit_latency(dir: &Path, messages: usize, interval: Duration) -> Result<Commit> {
+    let tmp = tempfile::Builder::new().prefix("im-bench-commit-").tempdir_in(dir)?;
+    let log = MessageLog::open(tmp.path())?;
+    let (from, to) = (crate::seed::user_name("r", 0), Target::parse("#commit")?);
+    let mut latency = crate::hist::Latency::new();
+    for n in 0..messages {
+        tokio::time::sleep(interval).await;
+        let msg = NewMessage {
+            from: from.clone(),
+            to: to.clone(),
+            client_id: format!("c-{n}"),
+            action: false,
+            text: text(TEXT_LEN),
+            sender_device: 1,
+        };
+        let t0 = Instant::now();
+        log.append(msg).await?;
+        latency.record(t0.elapsed());
+    }
+    tokio::task::spawn_blocking(move || log.close()).await??;
+    Ok(Commit {
+        p50_ms: latency.quantile_ms(0.5),
+        p99_ms: latency.quantile_ms(0.99),
+        count: latency.count(),
+    })
+}
+
 // ---------------------------------------------------------------------------------------
 // The raw-send floor of a fan-out.
 
@@ -328,5 +397,24 @@ pub async fn floor_main() -> Result<()> {
             }
             anyhow::Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every append is timed, and the fresh log is removed after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn the_commit_bound_times_each_append_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = commit_latency(dir.path(), 5, Duration::from_millis(1)).await.unwrap();
+        assert_eq!(c.count, 5);
+        assert!(c.p50_ms > 0.0 && c.p50_ms <= c.p99_ms, "{c:?}");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "the fresh log was removed"
+        );
     }
 }

@@ -179,6 +179,15 @@ enum Command {
         #[arg(long)]
         secs: f64,
     },
+    #[command(name = "__commit-bound", hide = true)]
+    CommitBound {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        messages: usize,
+        #[arg(long)]
+        interval_ms: u64,
+    },
     #[command(name = "__fanout-floor", hide = true)]
     FanoutFloor,
 }
@@ -356,6 +365,14 @@ fn run(cli: Cli) -> Result<()> {
             secs,
         } => {
             return runtime()?.block_on(bounds::store_main(&dir, conversations, depth, secs));
+        }
+        Command::CommitBound {
+            dir,
+            messages,
+            interval_ms,
+        } => {
+            let interval = std::time::Duration::from_millis(interval_ms);
+            return runtime()?.block_on(bounds::commit_main(&dir, messages, interval));
         }
         Command::FanoutFloor => return runtime()?.block_on(bounds::floor_main()),
         Command::Idle => "idle",
