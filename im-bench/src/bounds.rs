@@ -45,7 +45,8 @@ fn self_command(cpus: Option<&str>) -> Result<Command> {
     })
 }
 
-async fn run_rate(cpus: Option<&str>, args: &[String]) -> Result<Rate> {
+/// Runs a bound child and parses the one JSON line it prints.
+async fn run_bound<T: serde::de::DeserializeOwned>(cpus: Option<&str>, args: &[String]) -> Result<T> {
     let out = self_command(cpus)?
         .args(args)
         .stderr(Stdio::inherit())
@@ -61,7 +62,7 @@ async fn run_rate(cpus: Option<&str>, args: &[String]) -> Result<Rate> {
 
 /// RSA-PSS signatures per second with the server's host key, in `threads` threads.
 pub async fn sign(cpus: Option<&str>, key: &Path, threads: usize, secs: f64) -> Result<Rate> {
-    run_rate(
+    run_bound(
         cpus,
         &[
             "__sign-bound".into(),
@@ -78,7 +79,7 @@ pub async fn sign(cpus: Option<&str>, key: &Path, threads: usize, secs: f64) -> 
 
 /// Argon2id verifications per second (the server's parameters), in `threads` threads.
 pub async fn argon2(cpus: Option<&str>, threads: usize, secs: f64) -> Result<Rate> {
-    run_rate(
+    run_bound(
         cpus,
         &[
             "__argon2-bound".into(),
@@ -96,7 +97,7 @@ pub async fn argon2(cpus: Option<&str>, threads: usize, secs: f64) -> Result<Rat
 /// flight, as a session pipelines a client's sends. Enough in flight makes this the log's
 /// ceiling: its group commits grow with what is queued.
 pub async fn store(cpus: Option<&str>, dir: &Path, conversations: usize, depth: usize, secs: f64) -> Result<Rate> {
-    run_rate(
+    run_bound(
         cpus,
         &[
             "__store-bound".into(),
@@ -230,26 +231,19 @@ pub struct Commit {
 /// server's CPUs. No fan-out can reach its last member sooner than its floor plus this,
 /// because im routes a message only once the commit holding it is fsynced.
 pub async fn commit(cpus: Option<&str>, dir: &Path, messages: usize, interval: Duration) -> Result<Commit> {
-    let args = [
-        "__commit-bound".into(),
-        "--dir".into(),
-        dir.display().to_string(),
-        "--messages".into(),
-        messages.to_string(),
-        "--interval-ms".into(),
-        interval.as_millis().to_string(),
-    ];
-    let out = self_command(cpus)?
-        .args(&args)
-        .stderr(Stdio::inherit())
-        .output()
-        .await
-        .context("running the commit bound")?;
-    if !out.status.success() {
-        bail!("bound __commit-bound failed");
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim()).with_context(|| format!("bound printed {text:?}"))
+    run_bound(
+        cpus,
+        &[
+            "__commit-bound".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+            "--messages".into(),
+            messages.to_string(),
+            "--interval-ms".into(),
+            interval.as_millis().to_string(),
+        ],
+    )
+    .await
 }
 
 /// `__commit-bound`
