@@ -218,6 +218,36 @@ pub async fn store_main(dir: &Path, conversations: usize, depth: usize, secs: f6
     print_rate(total, el)
 }
 
+/// `__engine-bound`: messages per second that fjall itself stores with `entries` inserts per
+/// message (a 200-byte record and 16-byte index entries, each in its own keyspace, keys like
+/// the log's), 256 messages per commit with `fsync`, from one thread: the storage engine's
+/// ceiling for a given layout, without the log's encoding, dedup lookups and hand-offs. The
+/// message log writes five entries per direct message.
+pub fn engine_main(dir: &Path, entries: usize, secs: f64) -> Result<()> {
+    const BATCH: u64 = 256;
+    let tmp = tempfile::Builder::new().prefix("im-bench-engine-").tempdir_in(dir)?;
+    let db = fjall::Database::builder(tmp.path()).open()?;
+    let keyspaces = (0..entries.max(1))
+        .map(|i| db.keyspace(&format!("k{i}"), fjall::KeyspaceCreateOptions::default))
+        .collect::<fjall::Result<Vec<_>>>()?;
+    let record = [b'x'; 200];
+    let t0 = Instant::now();
+    let mut id = 0u64;
+    while t0.elapsed().as_secs_f64() < secs {
+        let mut wb = db.batch().durability(Some(fjall::PersistMode::SyncAll));
+        for _ in 0..BATCH {
+            id += 1;
+            for (i, ks) in keyspaces.iter().enumerate() {
+                let mut key = format!("conv-a{:03}-b{:03}/", id % 100, i).into_bytes();
+                key.extend_from_slice(&id.to_be_bytes());
+                wb.insert(ks, key, if i == 0 { &record[..] } else { &record[..16] });
+            }
+        }
+        wb.commit()?;
+    }
+    print_rate(id, t0.elapsed())
+}
+
 /// What `__commit-bound` prints: the latency of one append to an idle message log.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Commit {

@@ -179,6 +179,16 @@ enum Command {
         #[arg(long)]
         secs: f64,
     },
+    /// By hand, not by a scenario: fjall alone at N entries per message (BENCHMARKS.md, DMs).
+    #[command(name = "__engine-bound", hide = true)]
+    EngineBound {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        entries: usize,
+        #[arg(long)]
+        secs: f64,
+    },
     #[command(name = "__commit-bound", hide = true)]
     CommitBound {
         #[arg(long)]
@@ -371,6 +381,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             return runtime()?.block_on(bounds::store_main(&dir, conversations, depth, secs));
         }
+        Command::EngineBound { dir, entries, secs } => return bounds::engine_main(&dir, entries, secs),
         Command::CommitBound {
             dir,
             messages,
