@@ -6,6 +6,8 @@
 //! A total rate is split over several streams (one per sending connection), each offset by a
 //! fraction of its interval so that the sends interleave evenly instead of arriving in bursts.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -76,8 +78,8 @@ const SPIN: Duration = Duration::from_millis(2);
 impl Pacer {
     /// Waits on tokio's timer, which fires on whole milliseconds: a send goes out up to about
     /// 1 ms after it was due, the same lateness in every message of a stream (they share the
-    /// phase against the millisecond ticks), and it counts into the latency. Fine for the
-    /// rate ladders, where a spinning sender per stream would take the bench's core.
+    /// phase against the millisecond ticks), and it counts into the latency. For the soak,
+    /// whose streams run in tasks of their own and whose point is what is lost, not latency.
     pub fn new(schedule: Schedule) -> Self {
         Pacer {
             schedule,
@@ -108,19 +110,77 @@ impl Pacer {
             if !self.precise {
                 tokio::time::sleep_until(at).await;
             } else {
-                if let Some(early) = at.checked_sub(SPIN) {
-                    tokio::time::sleep_until(early).await;
-                }
-                // Each yield lets the runtime poll its I/O driver, so readers still run.
-                while Instant::now() < at {
-                    tokio::task::yield_now().await;
-                }
+                wait_precisely(at).await;
             }
         }
         let due = self.schedule.due(Instant::now()).max(self.next + 1);
         let batch = self.next..due;
         self.next = due;
         Some(batch)
+    }
+}
+
+/// Sleeps on tokio's timer to [`SPIN`] before `at`, then yields until it.
+async fn wait_precisely(at: Instant) {
+    if let Some(early) = at.checked_sub(SPIN) {
+        tokio::time::sleep_until(early).await;
+    }
+    // Each yield lets the runtime poll its I/O driver, so readers still run.
+    while Instant::now() < at {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Paces many streams from one task, each send within microseconds of its due time, like
+/// [`Pacer::precise`]: a precise pacer per stream would have a hundred streams spinning at
+/// once, one task spins for them all. Its sends must not block (the bench's writers queue
+/// them), or one stream's wait would make every other late.
+pub struct Streams {
+    schedules: Vec<Schedule>,
+    next: Vec<u64>,
+    /// When each unfinished stream's next message is due.
+    due: BinaryHeap<Reverse<(Instant, usize)>>,
+}
+
+impl Streams {
+    pub fn new(schedules: Vec<Schedule>) -> Self {
+        let due = schedules
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.total > 0)
+            .map(|(i, s)| Reverse((s.at(0), i)))
+            .collect();
+        Streams {
+            next: vec![0; schedules.len()],
+            schedules,
+            due,
+        }
+    }
+
+    /// Waits until a message is due, then fills `out` with each stream that has messages due
+    /// and their numbers (all that are due, so a stream that fell behind catches up in one
+    /// batch). `false` once every stream is done.
+    pub async fn next_batches(&mut self, out: &mut Vec<(usize, std::ops::Range<u64>)>) -> bool {
+        out.clear();
+        let Some(&Reverse((at, _))) = self.due.peek() else {
+            return false;
+        };
+        wait_precisely(at).await;
+        let now = Instant::now();
+        while let Some(&Reverse((at, i))) = self.due.peek() {
+            if at > now {
+                break;
+            }
+            self.due.pop();
+            let s = &self.schedules[i];
+            let upto = s.due(now).max(self.next[i] + 1);
+            out.push((i, self.next[i]..upto));
+            self.next[i] = upto;
+            if upto < s.total {
+                self.due.push(Reverse((s.at(upto), i)));
+            }
+        }
+        true
     }
 }
 
@@ -165,6 +225,31 @@ mod tests {
         assert_eq!(s.latency(5, reply), Duration::from_millis(251));
         // A reply "before" its due time (clock granularity) is zero, never negative.
         assert_eq!(s.latency(50, t0), Duration::ZERO);
+    }
+
+    /// Real time: the spin never lets paused time advance.
+    #[tokio::test]
+    async fn streams_send_every_message_once_in_order_and_never_early() {
+        let t0 = Instant::now() + Duration::from_millis(5);
+        let schedules: Vec<_> = (0..3).map(|i| Schedule::for_stream(t0, 600.0, 3, i, 0.05)).collect();
+        let mut streams = Streams::new(schedules.clone());
+        let mut seen = vec![Vec::new(); 3];
+        let mut batches = Vec::new();
+        while streams.next_batches(&mut batches).await {
+            assert!(!batches.is_empty());
+            let now = Instant::now();
+            for (i, range) in batches.drain(..) {
+                assert!(
+                    schedules[i].at(range.start) <= now,
+                    "stream {i} message {} sent early",
+                    range.start
+                );
+                seen[i].extend(range);
+            }
+        }
+        for (i, s) in schedules.iter().enumerate() {
+            assert_eq!(seen[i], (0..s.total()).collect::<Vec<_>>(), "stream {i}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

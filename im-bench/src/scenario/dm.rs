@@ -28,7 +28,7 @@ use super::{login_all, secs};
 use crate::hist::Latency;
 use crate::im::{Event, Reader, Writer};
 use crate::report::Unit;
-use crate::schedule::{Pacer, Schedule};
+use crate::schedule::{Schedule, Streams};
 use crate::{Ctx, bounds, irc};
 
 pub const PAIRS: usize = 100;
@@ -246,50 +246,36 @@ async fn step(senders: &mut Senders, steps: &Steps, rate: f64, secs: f64, acks: 
         st.len() - 1
     };
     let text = bounds::text(bounds::TEXT_LEN);
-    let mut tasks = Vec::new();
-    for (p, sch) in schedules.into_iter().enumerate() {
-        let text = text.clone();
-        match senders {
-            Senders::Im(w) => {
-                let w = w[p].clone();
-                let to = Target::User(bounds::dm_pair(p).1);
-                tasks.push(tokio::spawn(async move {
-                    let mut pacer = Pacer::new(sch);
-                    while let Some(batch) = pacer.next_batch().await {
-                        let msgs: Vec<ClientMsg> = batch
-                            .map(|k| ClientMsg::Send {
-                                req: RequestId(k as u32),
-                                to: to.clone(),
-                                client_id: client_id(idx, p, k),
-                                action: false,
-                                text: text.clone(),
-                            })
-                            .collect();
-                        w.send_all(&msgs).await?;
+    // One task paces every stream (the writers queue what it sends, so it never blocks).
+    let mut streams = Streams::new(schedules);
+    let mut batches = Vec::new();
+    let mut out = String::new();
+    while streams.next_batches(&mut batches).await {
+        for (p, batch) in batches.drain(..) {
+            match senders {
+                Senders::Im(w) => {
+                    let to = Target::User(bounds::dm_pair(p).1);
+                    let msgs: Vec<ClientMsg> = batch
+                        .map(|k| ClientMsg::Send {
+                            req: RequestId(k as u32),
+                            to: to.clone(),
+                            client_id: client_id(idx, p, k),
+                            action: false,
+                            text: text.clone(),
+                        })
+                        .collect();
+                    w[p].send_all(&msgs).await?;
+                }
+                Senders::Irc(w) => {
+                    let to = irc::nick('d', 2 * p + 1);
+                    out.clear();
+                    for k in batch {
+                        out.push_str(&format!("PRIVMSG {to} :{} {text}\r\n", client_id(idx, p, k)));
                     }
-                    anyhow::Ok(())
-                }));
-            }
-            Senders::Irc(w) => {
-                let w = w[p].clone();
-                let to = irc::nick('d', 2 * p + 1);
-                tasks.push(tokio::spawn(async move {
-                    let mut pacer = Pacer::new(sch);
-                    let mut out = String::new();
-                    while let Some(batch) = pacer.next_batch().await {
-                        out.clear();
-                        for k in batch {
-                            out.push_str(&format!("PRIVMSG {to} :{} {text}\r\n", client_id(idx, p, k)));
-                        }
-                        w.send(&out).await?;
-                    }
-                    anyhow::Ok(())
-                }));
+                    w[p].send(&out).await?;
+                }
             }
         }
-    }
-    for t in tasks {
-        t.await??;
     }
     // Drain: everything sent should come back; give a saturated server time to catch up.
     let timeout = Duration::from_secs_f64((2.0 * secs).max(3.0));
