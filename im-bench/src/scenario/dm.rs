@@ -246,6 +246,9 @@ async fn step(senders: &mut Senders, steps: &Steps, rate: f64, secs: f64, acks: 
         st.len() - 1
     };
     let text = bounds::text(bounds::TEXT_LEN);
+    // Each stream's recipient, once: the loop below is the bench's hot path.
+    let dm_to: Vec<Target> = (0..PAIRS).map(|p| Target::User(bounds::dm_pair(p).1)).collect();
+    let irc_to: Vec<String> = (0..PAIRS).map(|p| irc::nick('d', 2 * p + 1)).collect();
     // One task paces every stream (the writers queue what it sends, so it never blocks).
     let mut streams = Streams::new(schedules);
     let mut batches = Vec::new();
@@ -254,11 +257,10 @@ async fn step(senders: &mut Senders, steps: &Steps, rate: f64, secs: f64, acks: 
         for (p, batch) in batches.drain(..) {
             match senders {
                 Senders::Im(w) => {
-                    let to = Target::User(bounds::dm_pair(p).1);
                     let msgs: Vec<ClientMsg> = batch
                         .map(|k| ClientMsg::Send {
                             req: RequestId(k as u32),
-                            to: to.clone(),
+                            to: dm_to[p].clone(),
                             client_id: client_id(idx, p, k),
                             action: false,
                             text: text.clone(),
@@ -267,7 +269,7 @@ async fn step(senders: &mut Senders, steps: &Steps, rate: f64, secs: f64, acks: 
                     w[p].send_all(&msgs).await?;
                 }
                 Senders::Irc(w) => {
-                    let to = irc::nick('d', 2 * p + 1);
+                    let to = &irc_to[p];
                     out.clear();
                     for k in batch {
                         out.push_str(&format!("PRIVMSG {to} :{} {text}\r\n", client_id(idx, p, k)));
