@@ -31,11 +31,14 @@
 //! - `mod.rs` (this file): the public types and the read side.
 //! - `writer.rs`: the group-commit writer thread.
 //! - `record.rs`: keys and value encodings of every keyspace, and their total decoders.
+//! - `dedup.rs`: the writer's in-memory filter of the dedup buckets, so that a new message
+//!   (nearly every one) is not looked up on disk.
 //! - `backup.rs`: a consistent copy of the whole log, taken from a snapshot while it runs.
 //! - `journal.rs`: our check of fjall's journal before each open, and the cut of a damaged
 //!   tail (a crash during the last write), keeping the cut bytes beside it.
 
 mod backup;
+mod dedup;
 mod journal;
 mod record;
 mod writer;
@@ -465,6 +468,9 @@ impl MessageLog {
             ));
         }
 
+        // Before the writer's first batch, whose `now` is at least this.
+        let dedup_filter = dedup::DedupFilter::load(&ks.dedup, record::day_of(last_ts.max(clock()))).map_err(eng)?;
+
         let shared = Arc::new(Shared {
             last_id: AtomicU64::new(last_id),
             ..Shared::default()
@@ -479,6 +485,7 @@ impl MessageLog {
             clock: clock.clone(),
             next_id: last_id + 1,
             last_ts,
+            dedup_filter,
             sink,
         };
         let handle = std::thread::Builder::new()
@@ -1020,6 +1027,37 @@ mod tests {
         assert_eq!(log.delete_older_than(0, 100).unwrap(), 0);
         assert!(log.inner.ks.dedup.is_empty().unwrap());
         assert_eq!(log.count().unwrap(), 4, "messages are not touched by dedup expiry");
+    }
+
+    #[test]
+    fn dedup_reaches_into_yesterday_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Arc::new(AtomicU64::new(10 * record::DAY_MS + 5));
+        let clock = |now: &Arc<AtomicU64>| -> Clock {
+            let now = now.clone();
+            Arc::new(move || now.load(Ordering::SeqCst))
+        };
+        let log = MessageLog::open_with_clock(dir.path(), clock(&now)).unwrap();
+        let first = log.append_blocking(dm("a", "b", "c1")).unwrap().into_message();
+        let second = log.append_blocking(dm("a", "b", "c2")).unwrap().into_message();
+        log.close().unwrap();
+
+        // Reopened the next day: yesterday's bucket is read into the writer's filter.
+        now.store(11 * record::DAY_MS + 4, Ordering::SeqCst);
+        let log = MessageLog::open_with_clock(dir.path(), clock(&now)).unwrap();
+        assert_eq!(
+            log.append_blocking(dm("a", "b", "c1")).unwrap(),
+            Appended::Duplicate(first)
+        );
+        let third = log.append_blocking(dm("a", "b", "c3")).unwrap().into_message();
+        // Past midnight again, today's new entry is yesterday's, and still found.
+        now.store(12 * record::DAY_MS + 1, Ordering::SeqCst);
+        assert_eq!(
+            log.append_blocking(dm("a", "b", "c3")).unwrap(),
+            Appended::Duplicate(third)
+        );
+        // The window has left the first day: new again.
+        assert!(matches!(log.append_blocking(dm("a", "b", "c2")).unwrap(), Appended::New(m) if m.id > second.id));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use im_proto::Target;
 use im_proto::limits::MAX_ID;
 use tokio::sync::{mpsc, oneshot};
 
+use super::dedup::DedupFilter;
 use super::record::{self, DAY_MS};
 use super::{
     Appended, Clock, Conversation, Keyspaces, NewMessage, Shared, Sink, StoreError, StoredMessage, engine_error,
@@ -56,6 +57,9 @@ pub(super) struct Writer {
     pub next_id: u64,
     /// The newest timestamp handed out; timestamps never go backwards.
     pub last_ts: u64,
+    /// Which (sender, client id) pairs the dedup buckets may hold: most messages are new,
+    /// and this tells so without reading the buckets.
+    pub dedup_filter: DedupFilter,
     /// Where newly stored messages go once durable, in id order (routing). It may block,
     /// and with it every sender.
     pub sink: Option<Sink>,
@@ -95,6 +99,7 @@ impl Writer {
     /// Stages, commits and answers one batch, leaving `batch` empty.
     fn commit(&mut self, batch: &mut Vec<Request>) {
         let now = self.last_ts.max((self.clock)());
+        self.dedup_filter.forget_before(record::day_of(now).saturating_sub(1));
         let mut next_id = self.next_id;
         let mut wb = self.db.batch().durability(Some(PersistMode::SyncAll));
         let mut outcomes: Vec<Result<Appended, StoreError>> = Vec::with_capacity(batch.len());
@@ -104,15 +109,15 @@ impl Writer {
 
         for req in batch.iter() {
             let msg = &req.msg;
-            let dedup = !msg.client_id.is_empty();
-            if dedup {
+            let dedup = (!msg.client_id.is_empty()).then(|| self.dedup_filter.hash(msg.from.as_str(), &msg.client_id));
+            if let Some(hash) = dedup {
                 if let Some(&i) = seen.get(&(&msg.from, msg.client_id.as_str()))
                     && let Some(Ok(Appended::New(orig))) = outcomes.get(i)
                 {
                     outcomes.push(Ok(Appended::Duplicate(orig.clone())));
                     continue;
                 }
-                match self.find_duplicate(msg, now) {
+                match self.find_duplicate(msg, hash, now) {
                     Ok(Some(orig)) => {
                         outcomes.push(Ok(Appended::Duplicate(orig)));
                         continue;
@@ -139,8 +144,8 @@ impl Writer {
                 sender_device: msg.sender_device,
             };
             next_id += 1;
-            self.stage(&mut wb, &stored);
-            if dedup {
+            self.stage(&mut wb, &stored, dedup);
+            if dedup.is_some() {
                 seen.insert((&msg.from, msg.client_id.as_str()), outcomes.len());
             }
             new_count += 1;
@@ -201,8 +206,9 @@ impl Writer {
     }
 
     /// Adds one new message to the write batch: its record, its id entry, the inbox entries
-    /// of a direct message, and its dedup entry.
-    fn stage(&self, wb: &mut OwnedWriteBatch, m: &StoredMessage) {
+    /// of a direct message, and its dedup entry (given the hash of its dedup pair; also
+    /// noted in the filter).
+    fn stage(&mut self, wb: &mut OwnedWriteBatch, m: &StoredMessage, dedup: Option<u64>) {
         let conv = Conversation::of(&m.from, &m.to);
         let ck = record::conv_key(&conv);
         wb.insert(&self.ks.msgs, record::msg_key(&ck, m.id), record::encode_record(m));
@@ -213,17 +219,26 @@ impl Writer {
                 wb.insert(&self.ks.inbox, record::inbox_key(to, m.id), m.from.as_str());
             }
         }
-        if !m.client_id.is_empty() {
-            let key = record::dedup_key(record::day_of(m.ts), &m.from, &m.client_id);
-            wb.insert(&self.ks.dedup, key, record::encode_pair(m.id, m.ts));
+        if let Some(hash) = dedup {
+            let day = record::day_of(m.ts);
+            wb.insert(
+                &self.ks.dedup,
+                record::dedup_key(day, &m.from, &m.client_id),
+                record::encode_pair(m.id, m.ts),
+            );
+            self.dedup_filter.insert(day, hash);
         }
     }
 
-    /// The stored original of a retransmission, if (from, client_id) was stored less than
-    /// [`DEDUP_WINDOW_MS`] before `now`. Looks in today's and yesterday's buckets.
-    fn find_duplicate(&self, msg: &NewMessage, now: u64) -> Result<Option<StoredMessage>, StoreError> {
+    /// The stored original of a retransmission, if (from, client_id), hashed to `hash`, was
+    /// stored less than [`DEDUP_WINDOW_MS`] before `now`. Looks in today's and yesterday's
+    /// buckets, those the filter does not rule out.
+    fn find_duplicate(&self, msg: &NewMessage, hash: u64, now: u64) -> Result<Option<StoredMessage>, StoreError> {
         let today = record::day_of(now);
         for day in [today, today.saturating_sub(1)] {
+            if !self.dedup_filter.may_hold(day, hash) {
+                continue;
+            }
             let key = record::dedup_key(day, &msg.from, &msg.client_id);
             let Some(v) = self.ks.dedup.get(&key).map_err(|e| engine_error(&self.path, e))? else {
                 continue;
@@ -282,6 +297,7 @@ mod tests {
             clock: Arc::new(|| 1_000),
             next_id: 1,
             last_ts: 5_000, // the clock is behind: timestamps must not go backwards
+            dedup_filter: DedupFilter::load(&log.inner.ks.dedup, 0).unwrap(),
             sink: Some(Box::new(move |batch| sink.send(batch).unwrap())),
         };
         let (reqs, mut answers): (Vec<_>, Vec<_>) = [req("a", "x"), req("a", "x"), req("b", "x"), req("a", "")]
