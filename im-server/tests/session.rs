@@ -282,6 +282,54 @@ async fn a_retried_send_is_stored_once_and_shutdown_sends_close() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sends_are_stored_and_answered_in_request_order() {
+    let mut config = Config::default();
+    config.limits.messages_per_user_per_sec = 100_000;
+    let f = fixture(config);
+    let mut a = f.register("alice").await;
+    f.register("bob").await;
+    // More than a session answers per write, and than it keeps unanswered before it stops
+    // reading: the answers come in several writes, from many group commits.
+    let n = 600u32;
+    let mut out = Vec::new();
+    for req in 1..=n {
+        let mut plain = Vec::new();
+        ClientMsg::Send {
+            req: RequestId(req),
+            to: Target::User(user("bob")),
+            client_id: format!("p{req}"),
+            action: false,
+            text: format!("m{req}"),
+        }
+        .encode(&mut plain);
+        a.session.seal(&plain, &mut out).unwrap();
+    }
+    let (mut rd, mut wr) = tokio::io::split(a.io);
+    let writer = tokio::spawn(async move {
+        wr.write_all(&out).await.unwrap();
+        wr
+    });
+    let mut last_id = 0;
+    for want in 1..=n {
+        let msg = loop {
+            match a.session.read(&mut a.buf).unwrap() {
+                Some(Incoming::Data(p)) => break ServerMsg::decode(&p).unwrap(),
+                Some(Incoming::Close(p)) => panic!("closed: {:?}", CloseReason::decode(&p)),
+                None => assert!(rd.read_buf(&mut a.buf).await.unwrap() > 0, "server closed"),
+            }
+        };
+        let ServerMsg::Sent { req, id, .. } = msg else {
+            panic!("expected Sent for {want}, got {msg:?}")
+        };
+        assert_eq!(req, RequestId(want));
+        assert_eq!(id.0, last_id + 1, "stored in request order: request {want}");
+        last_id = id.0;
+    }
+    writer.await.unwrap();
+    assert_eq!(f.shared.log.stats().appended, u64::from(n));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_deletes_old_messages_and_keeps_new_ones() {
     let f = fixture(Config::default());
     let mut a = f.register("alice").await;

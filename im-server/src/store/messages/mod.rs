@@ -510,13 +510,26 @@ impl MessageLog {
     /// one). Never blocks the async reactor: waiting for the writer is asynchronous.
     /// Dropping the future does not withdraw the message; it may still be stored.
     pub async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
+        self.submit(msg).await?.await
+    }
+
+    /// Queues a message for the writer, waiting only while its queue is full, and returns
+    /// the wait for its commit (what [`append`](MessageLog::append) resolves to). Messages
+    /// are stored in the order they were submitted, so a caller that pipelines, submitting
+    /// one message after the other and waiting for the commits together, keeps its order;
+    /// starting several `append` futures at once does not (the runtime may poll them in any
+    /// order). Once this returns `Ok`, the message is stored whether or not anyone waits.
+    pub async fn submit(
+        &self,
+        msg: NewMessage,
+    ) -> Result<impl Future<Output = Result<Appended, StoreError>> + Send + 'static, StoreError> {
         validate(&msg)?;
         let tx = self.inner.tx.as_ref().ok_or(StoreError::Closed)?;
         let (reply, answer) = oneshot::channel();
         tx.send(writer::Command::Append(writer::Request { msg, reply }))
             .await
             .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        Ok(async move { answer.await.map_err(|_| StoreError::Closed)? })
     }
 
     /// [`append`](MessageLog::append) for threads that are not async tasks (the admin CLI,
