@@ -10,7 +10,9 @@
 //! 1. 64 concurrent appenders (tokio tasks), each message to a random one of 1,000 direct
 //!    conversations, 100-byte texts, each with a client id (so dedup lookups are included);
 //! 2. one appender, one message at a time: the latency of a single durable append;
-//! 3. reads on the result: a 50-message history page, and a catch-up of one user.
+//! 3. reads on the result: a 50-message history page, and a catch-up of one user;
+//! 4. a restart: the time to open the log again (the journal's check and replay, and the
+//!    writer's dedup filter reading today's and yesterday's dedup buckets).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -169,6 +171,15 @@ fn main() -> anyhow::Result<()> {
     println!("  200 catch-ups over the newest half of the log ({got} messages)");
     report_latencies("catch-up", &mut lat);
 
+    // 4. A restart.
+    log.close()?;
+    let start = Instant::now();
+    let log = MessageLog::open(dir.path())?;
+    println!(
+        "reopen with {} messages (all from today, with client ids): {:.0} ms",
+        log.count()?,
+        start.elapsed().as_secs_f64() * 1e3
+    );
     log.close()?;
     Ok(())
 }

@@ -38,8 +38,8 @@ use crate::state::{Shared, chat_message, now_ms};
 use crate::store::accounts::{AccountsError, UserId};
 use crate::store::messages::{Appended, NewMessage, StoredMessage};
 
-/// Pushes taken off the queue, or replies taken, per write: enough to coalesce a burst into one syscall,
-/// few enough that one busy connection does not starve its own reads.
+/// Pushes taken off the queue, or replies taken, per write: enough to coalesce a burst into
+/// one syscall, few enough that one busy connection does not starve its own reads.
 const COALESCE: usize = 256;
 /// Direct messages remembered per connection for delivery receipts.
 const RECEIPT_WINDOW: usize = 4096;
