@@ -518,7 +518,8 @@ impl MessageLog {
     /// are stored in the order they were submitted, so a caller that pipelines, submitting
     /// one message after the other and waiting for the commits together, keeps its order;
     /// starting several `append` futures at once does not (the runtime may poll them in any
-    /// order). Once this returns `Ok`, the message is stored whether or not anyone waits.
+    /// order). Once this returns `Ok` the writer has the message: it is committed (or its
+    /// commit fails) whether or not anyone waits.
     pub async fn submit(
         &self,
         msg: NewMessage,
