@@ -112,14 +112,10 @@ impl DedupFilter {
         if day < self.tracked_from {
             return false;
         }
-        let i = match self.days.iter().position(|(d, _)| *d == day) {
-            Some(i) => i,
-            None => {
-                self.days.push((day, Day::Known(Filter::default())));
-                self.days.len() - 1
-            }
-        };
-        let Some((_, slot)) = self.days.get_mut(i) else {
+        if !self.days.iter().any(|(d, _)| *d == day) {
+            self.days.push((day, Day::Known(Filter::default())));
+        }
+        let Some((_, slot)) = self.days.iter_mut().find(|(d, _)| *d == day) else {
             return false;
         };
         let Day::Known(f) = slot else {
